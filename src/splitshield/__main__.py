@@ -1,0 +1,3 @@
+from splitshield.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""Helpers shared by sub-commands."""
+from __future__ import annotations
+
+import argparse
+
+from splitshield.config import ExperimentConfig, load_config
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 --set defenses.0.sigma=0.05")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config, args.overrides)

@@ -1,0 +1,58 @@
+"""``splitshield`` command line. Each sub-command lives in its own module in this package and exposes
+``register(subparsers)``; modules are discovered automatically, so adding a command touches no shared file.
+
+Bad input (UserError) exits 2 with one line on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from splitshield import __version__
+from splitshield.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="splitshield", description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("--version", action="version", version=f"splitshield {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    import splitshield.cli as pkg
+
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if mod.name.startswith("cmd_"):
+            importlib.import_module(f"splitshield.cli.{mod.name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"splitshield: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("splitshield: interrupted; finished epochs are checkpointed (splitshield resume RUN_DIR)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

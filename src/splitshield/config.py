@@ -1,0 +1,134 @@
+"""The experiment config: typed dataclasses with their defaults, loaded from YAML presets plus ``--set`` overrides.
+
+Defenses and attacks are lists of components (``{name: gaussian_noise, sigma: 0.025}``); each component's
+hyper-parameters are validated against that component's own ``Config`` dataclass through its registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from splitshield.configtools import apply_overrides, from_dict, load_yaml, to_dict
+from splitshield.errors import ConfigError
+
+
+@dataclass
+class ComponentSpec:
+    """One plugin in a list: its registry name and its hyper-parameters (validated by the plugin's Config)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, value: Any, path: str) -> "ComponentSpec":
+        if isinstance(value, str):
+            return cls(name=value)
+        if not isinstance(value, dict) or "name" not in value:
+            raise ConfigError(f"{path}: expected {{name: ..., <hyper-parameters>}}, got {value!r}")
+        params = {k: v for k, v in value.items() if k != "name"}
+        return cls(name=str(value["name"]), params=params)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.params)}
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: Optional[str] = None  # overrides the dataset's default location
+    train_size: Optional[int] = None  # deterministic subset (first seeded permutation), None = all
+    test_size: Optional[int] = None
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: bool = True  # the dataset's paper augmentation (crop+flip+rotation for CIFAR-like data)
+    num_workers: int = 0
+    download: bool = True  # allowed to download when the data is missing and the network is reachable
+
+    def check(self, path: str) -> None:
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{path}.{key}: must be positive, got {value}")
+        if self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ConfigError(f"{path}.batch_size: must be positive")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vgg11_bn"
+    cut: int = 2  # VGG: conv layers c1..c4 on the edge; ResNet-20: convs on the edge (1, 3, 5, ... block ends)
+    width: float = 1.0  # channel multiplier (CPU presets use < 1)
+    bottleneck_channels: int = 8  # the paper's 8-channel bottleneck before transmission
+
+    def check(self, path: str) -> None:
+        if self.width <= 0:
+            raise ConfigError(f"{path}.width: must be positive, got {self.width}")
+        if self.bottleneck_channels <= 0:
+            raise ConfigError(f"{path}.bottleneck_channels: must be positive")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 240
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # adam only
+    amsgrad: bool = False  # adam only
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [60, 120, 180])
+    gamma: float = 0.2
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    progress: bool = True
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and benchmarks
+
+    def check(self, path: str) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"{path}.epochs: must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"{path}.lr: must be positive, got {self.lr}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    defenses: list[ComponentSpec] = field(default_factory=list)  # applied in order; bottleneck is in the model
+    attacks: list[ComponentSpec] = field(default_factory=list)
+
+    def check(self, path: str) -> None:
+        # Component hyper-parameters are validated by their registries (typos name the valid keys).
+        from splitshield.components import validate_components
+
+        validate_components(self, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Stable hash of the resolved config (identifies a run in result tables)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a YAML path (or raw dict), apply ``--set`` overrides, validate everything."""
+    raw = load_yaml(source) if isinstance(source, str) else json.loads(json.dumps(source))
+    raw = apply_overrides(raw, overrides)
+    return from_dict(ExperimentConfig, raw, "config")
