@@ -1,0 +1,1 @@
+"""Building blocks shared by several plugin families (attack decoders, simulated attackers)."""
