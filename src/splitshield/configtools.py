@@ -61,6 +61,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
+    if hasattr(tp, "from_config"):  # types with their own YAML form (ComponentSpec)
+        return tp.from_config(value, path)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if tp is bool:
@@ -79,8 +81,6 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{path}: expected a string, got {value!r}")
-    if hasattr(tp, "from_config"):
-        return tp.from_config(value, path)
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
 
 

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny synthetic configs so the suite stays fast and deterministic on 2 CPU cores."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+# One thread per test process: faster for tiny tensors and keeps results bit-stable across machines.
+torch.set_num_threads(1)
+os.environ.setdefault("SPLITSHIELD_DATA", os.path.join(os.path.dirname(__file__), ".no-data"))
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64, "augment": True},
+    "model": {"name": "vgg11_bn", "cut": 2, "width": 0.125},
+    "train": {"epochs": 1, "lr": 0.05, "schedule": "multistep", "milestones": [1], "progress": False,
+              "max_steps_per_epoch": 3},
+    "defenses": [],
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """A raw config dict for a very small run on synthetic data (edit freely, it is a copy)."""
+    return copy.deepcopy(TINY)

@@ -1,0 +1,82 @@
+"""Typed configs: presets load, overrides reach nested keys and list items, typos name the valid keys."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from splitshield.config import ExperimentConfig, load_config
+from splitshield.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)))
+def test_every_preset_loads_and_round_trips(path: str) -> None:
+    cfg = load_config(path)
+    again = load_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    assert again.digest() == cfg.digest()
+
+
+def test_paper_presets_hold_the_paper_schedule() -> None:
+    cfg = load_config(os.path.join(ROOT, "configs", "paper-cifar10.yaml"))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay) == (240, 0.05, 0.9, 5e-4)
+    assert cfg.train.milestones == [60, 120, 180] and cfg.train.gamma == 0.2 and cfg.data.batch_size == 128
+
+
+def test_overrides_reach_nested_keys_with_yaml_typed_values(tiny_raw: dict) -> None:
+    cfg = load_config(tiny_raw, ["train.epochs=7", "train.lr=0.1", "data.augment=false", "model.name=resnet20",
+                                 "model.cut=3", "train.milestones=[2, 4]"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.augment) == (7, 0.1, False)
+    assert cfg.model.name == "resnet20" and cfg.train.milestones == [2, 4]
+
+
+def test_override_lists_of_components_and_their_items(tiny_raw: dict) -> None:
+    tiny_raw["defenses"] = []
+    cfg = load_config(tiny_raw, ["defenses=[{name: gaussian_noise, sigma: 0.1}]", "defenses.0.sigma=0.2"])
+    assert cfg.defenses[0].name == "gaussian_noise" and cfg.defenses[0].params == {"sigma": 0.2}
+
+
+def test_unknown_key_names_the_valid_keys(tiny_raw: dict) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tiny_raw, ["train.epoch=3"])
+    message = str(err.value)
+    assert "config.train.epoch" in message and "epochs" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.epochs=three", "expected an integer"),
+    ("train.optimizer=adamw", "valid: 'sgd', 'adam'"),
+    ("train.epochs=0", "must be positive"),
+    ("data.augment=maybe", "true or false"),
+    ("defenses.3.sigma=1", "out of range"),
+    ("model=3", "expected a mapping"),
+    ("nokey", "KEY=VALUE"),
+])
+def test_bad_values_are_one_line_config_errors(tiny_raw: dict, override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as err:
+        load_config(tiny_raw, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_component_names_the_registry(tiny_raw: dict) -> None:
+    tiny_raw["defenses"] = [{"name": "gausian_noise"}]
+    with pytest.raises(ConfigError, match="unknown defense 'gausian_noise'; valid:"):
+        load_config(tiny_raw)
+
+
+def test_missing_and_malformed_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_defaults_are_the_papers() -> None:
+    cfg = ExperimentConfig()
+    assert cfg.train.optimizer == "sgd" and cfg.train.lr == 0.05 and cfg.model.bottleneck_channels == 8
