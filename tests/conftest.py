@@ -11,6 +11,12 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("SPLITSHIELD_DATA", os.path.join(os.path.dirname(__file__), ".no-data"))
 
+
+@pytest.fixture(autouse=True)
+def _results_db(tmp_path_factory, monkeypatch) -> None:
+    """Every test writes to its own results database, never to runs/ of the checkout."""
+    monkeypatch.setenv("SPLITSHIELD_RESULTS_DB", str(tmp_path_factory.mktemp("db") / "results.sqlite"))
+
 TINY = {
     "name": "tiny",
     "seed": 0,

@@ -75,3 +75,15 @@ def test_resume_of_a_non_run_directory(tmp_path) -> None:
 
 def test_bad_subcommand_argument_is_one_line() -> None:
     assert_one_line_error(run_cli("list", "gadgets"), "invalid choice")
+
+
+def test_results_command_lists_and_exports(tiny_yaml, tmp_path, capsys) -> None:
+    out = str(tmp_path / "run")
+    assert main(["-q", "train", tiny_yaml, "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["results", "--format", "csv", "--where", "dataset=synthetic"]) == 0
+    csv_text = capsys.readouterr().out
+    assert "test_accuracy" in csv_text.splitlines()[0] and os.path.abspath(out) in csv_text
+    assert main(["results", "--where", "dataset=cifar10"]) == 0
+    assert os.path.abspath(out) not in capsys.readouterr().out
+    assert_one_line_error(run_cli("results", "--where", "colour=red"), "unknown results column")

@@ -109,3 +109,43 @@ def test_metrics_are_json_lines(tiny_raw, tmp_path) -> None:
     with open(os.path.join(result.run_dir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh]
     assert len(rows) == 1 and rows[0]["lr"] == 0.05
+
+
+def test_results_database_gets_one_row_per_run_and_kind(tiny_raw, tmp_path) -> None:
+    from splitshield import resultsdb
+    from splitshield.runs import write_result
+
+    result = train(load_config(tiny_raw), out=str(tmp_path / "r"))
+    write_result(result.run_dir, "audit", {"bound": 1.5})
+    write_result(result.run_dir, "audit", {"bound": 2.5})  # replaces, never duplicates
+    rows = resultsdb.query(run_dir=os.path.abspath(result.run_dir))
+    assert sorted(r["kind"] for r in rows) == ["audit", "train"]
+    audit = next(r for r in rows if r["kind"] == "audit")
+    assert audit["metrics"]["bound"] == 2.5 and audit["dataset"] == "synthetic" and audit["seed"] == 0
+    train_row = next(r for r in rows if r["kind"] == "train")
+    assert train_row["metrics"]["test_accuracy"] == result.test_accuracy
+    assert train_row["config_hash"] == load_config(tiny_raw).digest()
+
+
+def test_results_database_is_safe_with_concurrent_writers(tiny_raw, tmp_path) -> None:
+    import multiprocessing as mp
+
+    from splitshield import resultsdb
+
+    cfg = load_config(tiny_raw)
+    db = str(tmp_path / "c.sqlite")
+    procs = [mp.get_context("spawn").Process(target=_write_many, args=(db, cfg.to_dict(), i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert len(resultsdb.query(db)) == 3 * 20
+
+
+def _write_many(db: str, raw: dict, worker: int) -> None:
+    from splitshield import resultsdb
+
+    cfg = load_config(raw)
+    for i in range(20):
+        resultsdb.record(f"run-{worker}-{i}", "attack", cfg, {"mse": float(i)}, path=db)

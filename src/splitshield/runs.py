@@ -52,7 +52,8 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
 
 
 def write_result(run_dir: str, key: str, record: dict[str, Any]) -> str:
-    """Store one result (attack, audit, ...) as results/<key>.json, written atomically."""
+    """Store one result (attack, audit, ...) as results/<key>.json, written atomically, and in the results
+    database (one row per run and key; the file is written first, so a database error loses nothing)."""
     folder = os.path.join(run_dir, RESULTS_DIR)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{key}.json")
@@ -60,6 +61,9 @@ def write_result(run_dir: str, key: str, record: dict[str, Any]) -> str:
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}, fh, indent=2, sort_keys=True)
     os.replace(tmp, path)
+    from splitshield import resultsdb
+
+    resultsdb.record(run_dir, key, load_run_config(run_dir), record)
     return path
 
 

@@ -16,7 +16,7 @@ from splitshield.data import DataBundle, build_data, to_unit
 from splitshield.defenses import DefenseStack, StepContext
 from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
-from splitshield.runs import METRICS_FILE, append_jsonl, new_run_dir, save_config
+from splitshield.runs import METRICS_FILE, append_jsonl, new_run_dir, save_config, write_result
 from splitshield.train.build import build_components
 from splitshield.train.checkpoint import (CHECKPOINT, atomic_save, load_checkpoint, rng_state, seed_everything,
                                           set_rng_state)
@@ -150,4 +150,9 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "data_rng": data.rng_state(), "test_accuracy": accuracy,
         }, ckpt_path)
-    return TrainResult(run_dir, cfg.train.epochs, accuracy, time.perf_counter() - started)
+    if state is not None and start_epoch >= cfg.train.epochs:
+        accuracy = float(state["test_accuracy"])  # resumed a finished run: nothing left to do
+    seconds = time.perf_counter() - started
+    write_result(run_dir, "train", {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
+                                    "feature_shape": list(model.feature_shape)})
+    return TrainResult(run_dir, cfg.train.epochs, accuracy, seconds)
