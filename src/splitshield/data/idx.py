@@ -58,9 +58,9 @@ class IDXSource(DataSource):
         return None
 
     def _try_download(self) -> None:
-        import torchvision.datasets as tvd
+        try:  # torchvision is an optional extra (and broken against some torch builds): never required
+            import torchvision.datasets as tvd
 
-        try:
             getattr(tvd, self.torchvision_class)(cache_dir(self.info.name), train=True, download=True)
             getattr(tvd, self.torchvision_class)(cache_dir(self.info.name), train=False, download=True)
         except Exception:  # noqa: BLE001 - offline machines land here; the caller reports how to get the data
