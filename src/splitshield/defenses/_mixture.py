@@ -1,0 +1,212 @@
+"""Per-class Gaussian-mixture math for CEM (paper arXiv 2503.00383, Sec. 3-4): the per-epoch fit and the
+per-batch Eq. 5-7 update, vectorised over classes and components.
+
+Notation: C classes, K components per class (k = C*K in all), D feature dimension, N training-set size,
+B batch size, M the size of the largest class in the captured features.
+
+Why our own k-means instead of scikit-learn/faiss: the fit must run on the training device inside the training
+loop, on tensors already there, batched over classes with padding, warm-started, with a fixed iteration count
+(no per-iteration convergence check, hence no host synchronisation); scikit-learn serves as the test oracle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+Covariance = Literal["full", "diagonal", "isotropic"]
+
+
+@dataclass
+class Mixture:
+    """A fitted per-class mixture. ``cov`` is (C, K, D, D) full, (C, K, D) diagonal or (C, K) isotropic."""
+
+    means: torch.Tensor  # (C, K, D)
+    weights: torch.Tensor  # (C, K), sums to 1 over all C*K components (pi_j of Eq. 3)
+    cov: torch.Tensor
+    counts: torch.Tensor  # (C, K) members per component (float)
+
+
+def group_by_class(feats: torch.Tensor, labels: torch.Tensor, num_classes: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) features -> padded (C, M, D) per-class blocks and a (C, M) validity mask."""
+    n, d = feats.shape
+    counts = torch.bincount(labels, minlength=num_classes)
+    m = max(int(counts.max()), 1)  # the one host synchronisation of the fit (sizes the padded block)
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each class
+    pos = torch.arange(n, device=feats.device) - starts[sorted_labels]
+    x = feats.new_zeros(num_classes, m, d)
+    mask = torch.zeros(num_classes, m, dtype=torch.bool, device=feats.device)
+    x[sorted_labels, pos] = feats[order]
+    mask[sorted_labels, pos] = True
+    return x, mask
+
+
+def _nearest(x: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """(C, M, D) x (C, K, D) -> (C, M) index of the nearest mean, via one batched matmul; ||x||^2 is the same
+    for every mean of a row, so it is left out of the comparison."""
+    return ((means * means).sum(-1).unsqueeze(1) - 2 * x @ means.transpose(1, 2)).argmin(-1)
+
+
+def kmeanspp_init(x: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding, all classes at once: (C, M, D) -> (C, K, D). Sequential in K (inherent to k-means++)."""
+    c, _, d = x.shape
+    valid = mask.float()
+    rows = torch.arange(c, device=x.device)
+
+    def draw(weights: torch.Tensor) -> torch.Tensor:
+        # Classes with no captured member (or all-duplicate members) fall back to a uniform draw.
+        w = weights * valid
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+        return torch.multinomial(w, 1, generator=generator).squeeze(1)
+
+    centers = [x[rows, draw(valid)]]
+    closest = None
+    for _ in range(1, k):
+        d2 = ((x - centers[-1].unsqueeze(1)) ** 2).sum(-1)  # (C, M)
+        closest = d2 if closest is None else torch.minimum(closest, d2)
+        centers.append(x[rows, draw(closest)])
+    return torch.stack(centers, 1)
+
+
+def lloyd(x: torch.Tensor, mask: torch.Tensor, means: torch.Tensor, iters: int
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-count Lloyd iterations per class. Returns means (C, K, D) and the assignment (C, M).
+
+    An empty component keeps its previous mean (the released code's statistics drift in that case)."""
+    k = means.shape[1]
+    valid = mask.unsqueeze(-1).to(x.dtype)
+    for _ in range(iters):
+        r = F.one_hot(_nearest(x, means), k).to(x.dtype) * valid  # (C, M, K)
+        n = r.sum(1)  # (C, K)
+        sums = r.transpose(1, 2) @ x  # (C, K, D)
+        means = torch.where(n.unsqueeze(-1) > 0, sums / n.clamp_min(1).unsqueeze(-1), means)
+    return means, _nearest(x, means)
+
+
+def moments(x: torch.Tensor, mask: torch.Tensor, means: torch.Tensor, assign: torch.Tensor,
+            covariance: Covariance, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member counts (C, K) and covariances around ``means`` of the hard clusters (zero when empty)."""
+    k, d = means.shape[1], means.shape[2]
+    r = F.one_hot(assign, k).to(x.dtype) * mask.unsqueeze(-1)  # (C, M, K)
+    n = r.sum(1)
+    xc = (x - torch.take_along_dim(means, assign.unsqueeze(-1), dim=1)) * mask.unsqueeze(-1)  # (C, M, D)
+    denom = n.clamp_min(1)
+    if covariance != "full":
+        var = (r.transpose(1, 2) @ (xc * xc)) / denom.unsqueeze(-1)  # (C, K, D)
+        return n, var if covariance == "diagonal" else var.mean(-1)
+    # float64: with sigma down to 1e-4, Sigma / sigma^2 amplifies float32 rounding (~1e-8) to O(1) and the
+    # rank-deficient covariance of a small cluster would stop being positive semi-definite.
+    cov = x.new_zeros(x.shape[0], k, d, d, dtype=torch.float64)
+    xc, r = xc.double(), r.double()
+    for s in range(0, x.shape[1], chunk):  # chunks over samples bound memory to C*K*chunk*D
+        xs, rs = xc[:, s:s + chunk], r[:, s:s + chunk]
+        weighted = rs.transpose(1, 2).unsqueeze(-1) * xs.unsqueeze(1)  # (C, K, m, D)
+        cov += weighted.transpose(-1, -2) @ xs.unsqueeze(1)
+    return n, cov / denom[..., None, None]
+
+
+@torch.no_grad()
+def fit_mixture(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int, covariance: Covariance,
+                iters: int, *, init_means: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> Mixture:
+    """Fit k hard-assignment Gaussian components per class to (N, D) features (warm start from ``init_means``)."""
+    x, mask = group_by_class(feats.float(), labels, num_classes)
+    if init_means is None:
+        if generator is None:
+            raise ValueError("fit_mixture needs init_means or a generator for k-means++ seeding")
+        init_means = kmeanspp_init(x, mask, k, generator)
+    means, assign = lloyd(x, mask, init_means.to(x), iters)
+    counts, cov = moments(x, mask, means, assign, covariance)
+    return Mixture(means, counts / max(feats.shape[0], 1), cov, counts)
+
+
+def assign_batch(z: torch.Tensor, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Nearest component of the sample's own class: (B, D), (B,), (C, K, D) -> global index y*K + a, (B,)."""
+    with torch.no_grad():
+        own = means[y]  # (B, K, D)
+        a = ((z.detach().unsqueeze(1) - own) ** 2).sum(-1).argmin(-1)
+    return y * means.shape[1] + a
+
+
+def log_det_ratio(cov: torch.Tensor, sigma2: float, covariance: Covariance, dim: int, jitter: float = 1e-6
+                  ) -> torch.Tensor:
+    """1/2 log(|Sigma_j + sigma^2 I| / |sigma^2 I|) per component: (k, ...) -> (k,); ``dim`` = D."""
+    if covariance == "diagonal":
+        return 0.5 * torch.log1p(cov / sigma2).sum(-1)
+    if covariance == "isotropic":
+        return 0.5 * dim * torch.log1p(cov / sigma2)
+    # |Sigma + s I| / |s I| = |I + Sigma / s|: its eigenvalues are >= 1, so the Cholesky factor exists; float64
+    # because Sigma / s reaches 1e8 for s = 1e-8 (sigma = 1e-4). The jitter absorbs rounding asymmetry.
+    eye = torch.eye(cov.shape[-1], dtype=torch.float64, device=cov.device)
+    m = eye * (1.0 + jitter) + cov.double() / sigma2
+    chol = torch.linalg.cholesky(0.5 * (m + m.transpose(-1, -2)))
+    return torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+
+
+def entropy_loss(weights: torch.Tensor, half_log_det: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: L_C = sum_j pi_j (-log pi_j + 1/2 log(|Sigma_j + Sigma_p| / |Sigma_p|)); empty components add 0."""
+    return (-torch.special.xlogy(weights, weights) + weights * half_log_det).sum()
+
+
+def batch_covariance(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, k: int,
+                     covariance: Covariance) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members n_j (k,) and DeltaSigma_j, the batch members' covariance around the stored mean mu_j (Eq. 6).
+
+    z (B, D) carries the gradient; means (k, D) are the fitted means (constants)."""
+    n = torch.bincount(comp, minlength=k).to(z.dtype)
+    xc = z - means[comp]  # (B, D)
+    denom = n.clamp_min(1)
+    if covariance != "full":
+        var = z.new_zeros(k, z.shape[1]).index_add(0, comp, xc * xc) / denom.unsqueeze(-1)  # (k, D)
+        return n, var if covariance == "diagonal" else var.mean(-1)
+    xc = xc.double()  # float64 for the same reason as in ``moments``
+    onehot = F.one_hot(comp, k).double()  # (B, k)
+    weighted = onehot.t().unsqueeze(-1) * xc.unsqueeze(0)  # (k, B, D)
+    return n, (weighted.transpose(1, 2) @ xc.unsqueeze(0)) / denom[:, None, None].double()  # (k, D, D)
+
+
+def paper_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights: torch.Tensor,
+               cov: torch.Tensor, train_size: int, sigma2: float, covariance: Covariance, jitter: float = 1e-6
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1, one batch: Eq. 5 (weights), Eq. 6 (covariances), Eq. 7 (L_C).
+
+    Shapes are flat over components: means (k, D), weights (k,), cov (k, ...). Returns L_C (with gradient to z),
+    and the updated weights and covariances (detached, to store)."""
+    k, big_n = weights.shape[0], float(train_size)
+    n, delta = batch_covariance(z, comp, means, k, covariance)
+    new_w = (weights * (big_n - z.shape[0]) + n) / big_n  # Eq. 5 (>= n/N, so the rate below is <= 1)
+    rate = torch.where(n > 0, n / (new_w * big_n).clamp_min(1e-12), torch.zeros_like(n))
+    shape = (k,) + (1,) * (cov.dim() - 1)
+    new_cov = (1 - rate).view(shape) * cov + rate.view(shape) * delta  # Eq. 6
+    half_log_det = log_det_ratio(new_cov, sigma2, covariance, z.shape[1], jitter).to(z.dtype)
+    return entropy_loss(new_w, half_log_det), new_w.detach(), new_cov.detach().to(cov.dtype)
+
+
+def official_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, counts: torch.Tensor,
+                  var: torch.Tensor, num_classes: int, sigma2: float, gamma: float, tau: float) -> torch.Tensor:
+    """The authors' released loss, with the class lookup fixed (each class uses its own clusters' pi and v).
+
+    Per cluster j of class c present in the batch: pi_j|c * relu(log(v_j + gamma) - log(tau sigma^2 + gamma)),
+    v_j = a v_batch + (1 - a) v_stored, a = min(0.99, 10 n_j / (pi_j|c N_c)) = min(0.99, 10 n_j / size_j);
+    summed over the class's clusters and averaged over the classes present. counts/var are flat (k,)."""
+    k, d = counts.shape[0], z.shape[1]
+    n, v_batch = batch_covariance(z, comp, means, k, "isotropic")  # mean squared distance over members and dims
+    a = torch.clamp(10 * n / counts.clamp_min(1), max=0.99)
+    v = a * v_batch + (1 - a) * var
+    per_class = counts.view(num_classes, -1)
+    pi = (per_class / per_class.sum(1, keepdim=True).clamp_min(1)).reshape(k)  # within-class weights
+    hinge = torch.relu(torch.log(v + gamma) - torch.log(torch.tensor(tau * sigma2 + gamma, device=z.device)))
+    term = torch.where(n > 0, pi * hinge, torch.zeros_like(hinge)).view(num_classes, -1).sum(1)  # (C,)
+    present = n.view(num_classes, -1).sum(1) > 0
+    return term.sum() / present.sum().clamp_min(1)
+
+
+def official_lambda_scale(lr: float) -> float:
+    """The released code scales the CEM gradient by 0.001/lr while lr >= 4.1e-4 (lambda 16 acts as 0.32 at
+    lr 0.05, 1.6 at 0.01, 8 at 0.002, then 16)."""
+    return 0.001 / lr if lr >= 4.1e-4 else 1.0

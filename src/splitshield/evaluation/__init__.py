@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics, figures and the other measurements reported next to accuracy."""
