@@ -80,3 +80,10 @@ def test_missing_and_malformed_files(tmp_path) -> None:
 def test_defaults_are_the_papers() -> None:
     cfg = ExperimentConfig()
     assert cfg.train.optimizer == "sgd" and cfg.train.lr == 0.05 and cfg.model.bottleneck_channels == 8
+
+
+def test_duplicate_keys_are_errors_not_silently_overwritten(tmp_path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("defenses:\n  - {name: gaussian_noise, sigma: 0.1}\ntrain: {epochs: 1}\ndefenses: []\n")
+    with pytest.raises(ConfigError, match="duplicate key 'defenses' at line 4"):
+        load_config(str(path))
