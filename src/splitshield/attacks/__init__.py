@@ -9,4 +9,6 @@ ATTACKS: Registry[type] = Registry("attack")
 
 import_members(sys.modules[__name__], skip=("base",))
 
-__all__ = ["ATTACKS"]
+from splitshield.attacks._api import run_attack  # noqa: E402
+
+__all__ = ["ATTACKS", "run_attack"]

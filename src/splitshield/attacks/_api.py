@@ -1,0 +1,109 @@
+"""``run_attack``: resolve an attack's config, split the data by protocol, attack, score, store the result."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Optional, Union
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from splitshield.attacks._protocols import ProtocolSplit, split_protocol
+from splitshield.components import component_config
+from splitshield.config import ComponentSpec
+from splitshield.errors import ConfigError
+from splitshield.evaluation.metrics import reconstruction_metrics
+from splitshield.runs import RESULTS_DIR, LoadedRun, load_run, read_metrics, write_result
+
+log = logging.getLogger(__name__)
+
+FIGURE_IMAGES = 8  # reconstructions kept per attack for figures (the first scored images: same under both protocols)
+
+
+def dataset_images(dataset: Dataset) -> torch.Tensor:
+    """All images of a (possibly Subset-wrapped) in-memory dataset as one uint8 (N, C, H, W) tensor."""
+    if isinstance(dataset, Subset):
+        return dataset_images(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor):
+        return images
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def resolve_attack_config(run: LoadedRun, name: str, params: Optional[dict[str, Any]] = None) -> Any:
+    """The run's ``attacks:`` entry for ``name`` (else the attack's defaults = paper budgets) plus ``params``."""
+    from splitshield.attacks import ATTACKS
+
+    base = next((dict(spec.params) for spec in run.cfg.attacks if spec.name == name), {})
+    return component_config(ATTACKS, ComponentSpec(name, {**base, **(params or {})}), f"attacks[{name}]")
+
+
+def victim_accuracy(run: LoadedRun) -> Optional[float]:
+    """The victim's test accuracy as recorded by training (last epoch), or None for a run without a log."""
+    records = [r for r in read_metrics(run.run_dir) if "test_accuracy" in r] if run.run_dir else []
+    return float(records[-1]["test_accuracy"]) if records else None
+
+
+def mean_image_baseline(x_fit: torch.Tensor, x_score: torch.Tensor) -> dict[str, float]:
+    """Metrics of predicting the attacker's mean training image for every input (what no feature leaks)."""
+    mean = x_fit.float().div(255).mean(0, keepdim=True)
+    target = x_score.float().div(255)
+    return reconstruction_metrics(mean.expand_as(target), target)
+
+
+def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Optional[dict[str, Any]] = None,
+               seed: int = 0, *, store: bool = True, device: Optional[str] = None) -> dict[str, Any]:
+    """Run attack ``name`` under ``protocol`` ("train" or "infer") against a trained run and score it.
+
+    Returns {"attack", "protocol", "seed", "config", "split", "mse", "psnr", "ssim", "n", "victim_accuracy",
+    "baseline" (mean-image metrics), "seconds", "info"}; with ``store``, also writes it to
+    results/attack-<name>-<protocol>.json in the run directory, with reconstructions of the first scored images
+    (results/attack-<name>-<protocol>.recon.pt, for figures).
+    """
+    from splitshield.attacks import ATTACKS
+    from splitshield.data import build_data
+
+    if isinstance(run, str):
+        run = load_run(run, device or "cpu")
+    cfg = resolve_attack_config(run, name, params)
+    data = build_data(run.cfg.data, run.cfg.seed)
+    test = dataset_images(data.test)
+    train = dataset_images(data.train) if protocol == "train" else test[:0]
+    split: ProtocolSplit = split_protocol(protocol, len(data.train), len(test), seed=seed,  # type: ignore[arg-type]
+                                          val_fraction=cfg.val_fraction, train_size=cfg.train_size,
+                                          score_size=cfg.score_size)
+    own = train if split.fit_source == "train" else test
+    x_fit, x_val, x_score = own[split.fit], own[split.val], test[split.score]
+    if len(x_fit) < 1 or len(x_score) < 1:
+        raise ConfigError(f"protocol {protocol!r} leaves no images to fit or score; use a larger dataset")
+    results_dir = os.path.join(run.run_dir, RESULTS_DIR)
+    artifacts = os.path.join(results_dir, f"attack-{protocol}-s{seed}-") if run.run_dir else None
+    attack = ATTACKS.get(name)(cfg, run, image_shape=tuple(run.info.input_shape), seed=seed, artifacts=artifacts,
+                               save_artifacts=store)
+    log.info("attack %s (%s protocol): fit %d, val %d, score %d images", name, protocol, len(x_fit), len(x_val),
+             len(x_score))
+    started = time.perf_counter()
+    # fork_rng: the defenses' noise and the attacker's initialisation are seeded without disturbing the caller's
+    # global RNG state.
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        recon = attack.attack(x_fit, x_val, x_score)
+    seconds = time.perf_counter() - started
+    target = x_score.float().div(255)
+    record: dict[str, Any] = {
+        "attack": name, "protocol": protocol, "seed": seed, "config": asdict(cfg), "split": split.summary(),
+        **reconstruction_metrics(recon, target), "victim_accuracy": victim_accuracy(run),
+        "baseline": mean_image_baseline(x_fit, x_score), "seconds": seconds, "info": attack.info,
+    }
+    if store and run.run_dir:
+        key = f"attack-{name}-{protocol}"
+        write_result(run.run_dir, key, record)
+        k = min(FIGURE_IMAGES, len(recon))
+        torch.save({"indices": split.score[:k], "original": x_score[:k],
+                    "reconstruction": recon[:k].mul(255).round().to(torch.uint8)},
+                   os.path.join(results_dir, f"{key}.recon.pt"))
+    log.info("attack %s (%s): mse %.5f  psnr %.2f dB  ssim %.4f  (%.1fs)", name, protocol, record["mse"],
+             record["psnr"], record["ssim"], seconds)
+    return record

@@ -1,0 +1,136 @@
+"""The attack base class: one threat model for every attack, and the chores done once.
+
+Threat model (shared by all attacks): white-box access to the edge encoder (architecture and weights) and to what
+leaves the device, i.e. the edge output after the run's defenses (noise, dropout, top-k ...) with their deployed
+parameters; full knowledge of the data distribution (the attacker may draw images from it, see _protocols.py).
+
+The base class guarantees that an attack leaves the victim exactly as it found it: parameters and buffers
+bit-identical (checked, and restored if a bug changed them), ``.grad`` untouched (victim parameters are frozen with
+``requires_grad_(False)`` during the attack and the flags restored) and every submodule's train/eval mode restored.
+During the attack the victim runs in eval mode, as deployed.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+from torch import nn
+
+from splitshield.data import to_unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackConfig:
+    """Knobs every attack has (subclass Configs add their own hyper-parameters)."""
+
+    train_size: Optional[int] = None  # cap on the attacker's fitting images (seeded subset), None = all
+    score_size: Optional[int] = None  # cap on the scored images (a seeded prefix), None = all
+    val_fraction: float = 0.05  # of the attacker's own images, held out for checkpoint selection
+    batch_size: int = 256
+
+
+class Victim:
+    """What an attack may touch: the victim's edge, its defenses and the device (a LoadedRun has all three)."""
+
+    model: nn.Module
+    defenses: nn.Module
+    device: torch.device
+
+
+@contextlib.contextmanager
+def victim_guard(*modules: nn.Module) -> Iterator[None]:
+    """Freeze ``modules`` in eval mode for an attack; afterwards restore modes and requires_grad flags, check that
+    parameters, buffers and ``.grad`` are exactly as before (restoring them if not, then raising)."""
+    params = [p for m in modules for p in m.parameters()]
+    buffers = [b for m in modules for b in m.buffers()]
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]  # identities: nothing may replace or accumulate into them
+    grad_values = [None if g is None else g.detach().clone() for g in grads]
+    values = [t.detach().clone() for t in params + buffers]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    for p in params:
+        p.requires_grad_(False)
+    for m in modules:
+        m.eval()
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        for sub, mode in modes:
+            sub.training = mode
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        changed = 0
+        with torch.no_grad():
+            for t, v in zip(params + buffers, values):
+                if not torch.equal(t, v):
+                    t.copy_(v)
+                    changed += 1
+            for p, g, gv in zip(params, grads, grad_values):
+                if p.grad is not g or (g is not None and not torch.equal(g, gv)):
+                    p.grad = g
+                    if g is not None:
+                        g.copy_(gv)
+                    changed += 1
+        if changed and not failed:
+            raise RuntimeError(f"attack modified {changed} victim tensors (restored); this is a bug in the attack")
+
+
+class Attack:
+    """Base class. Subclasses set ``Config`` and implement ``fit`` (optional) and ``invert``.
+
+    ``fit(x_fit, x_val)`` trains the attacker on images it is allowed to have (uint8, (N, C, H, W)), querying the
+    victim through ``self.transmit`` (exactly what leaves the device). ``invert(z)`` maps transmitted features
+    (B, *feature_shape) to reconstructions (B, C, H, W) in [0, 1]. Callers use ``attack`` or ``run_attack``.
+    """
+
+    Config: ClassVar[type] = AttackConfig
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any, victim: Victim, *, image_shape: tuple[int, int, int], seed: int = 0,
+                 artifacts: Optional[str] = None, save_artifacts: bool = False) -> None:
+        self.cfg = cfg
+        self.victim = victim
+        self.device = torch.device(victim.device)
+        self.image_shape = image_shape
+        self.seed = seed
+        self.artifacts = artifacts  # path prefix of attacker weights shared between attacks (decoder), or None
+        self.save_artifacts = save_artifacts  # write them there (else only read)
+        self.info: dict[str, Any] = {}  # attack-specific facts for the result record (epochs run, val MSE ...)
+
+    # --- helpers for subclasses ---
+    @torch.no_grad()
+    def transmit(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> what leaves the device, (B, *feature_shape), defenses as deployed."""
+        return self.victim.defenses.transform(self.victim.model.edge(x))
+
+    def batches(self, images: torch.Tensor, *, shuffle: bool = False,
+                generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+        """uint8 (N, C, H, W) -> float [0, 1] batches on the attack device."""
+        order = torch.randperm(len(images), generator=generator) if shuffle else torch.arange(len(images))
+        for i in range(0, len(images), self.cfg.batch_size):
+            yield to_unit(images[order[i:i + self.cfg.batch_size]].to(self.device))
+
+    # --- the work ---
+    def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
+        """Train the attacker (no-op for attacks without a learned part)."""
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attack(self, x_fit: torch.Tensor, x_val: torch.Tensor, x_score: torch.Tensor) -> torch.Tensor:
+        """Fit, then reconstruct ``x_score`` (uint8) from its transmitted features -> float (N, C, H, W) on CPU."""
+        with victim_guard(self.victim.model, self.victim.defenses):
+            self.fit(x_fit, x_val)
+            outputs = []
+            for x in self.batches(x_score):
+                outputs.append(self.invert(self.transmit(x)).detach().clamp(0, 1).cpu())
+        return torch.cat(outputs)

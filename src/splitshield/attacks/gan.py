@@ -1,0 +1,143 @@
+"""GAN-based inversion (after Zhang et al., CVPR 2020): a WGAN-GP-refined decoder attack."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitshield.attacks import ATTACKS
+from splitshield.attacks.base import Attack, AttackConfig
+from splitshield.attacks.decoder import fitted_decoder, validation_mse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GANConfig(AttackConfig):
+    epochs: int = 150
+    critic_lr: float = 5e-3
+    generator_lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    gp_weight: float = 10.0
+    mse_weight: float = 1500.0
+    critic_steps: int = 1  # critic updates per generator update
+    critic_channels: int = 64
+    # The generator starts from a decoder attack of the same protocol and seed: the saved one when available
+    # (``splitshield attack ... --attack decoder`` first), else one trained here with these settings.
+    reuse_decoder: bool = True
+    decoder_epochs: int = 50
+    decoder_lr: float = 1e-3
+    blocks: int = 8
+    channels: int = 64
+
+
+class Critic(nn.Module):
+    """WGAN critic on images: stride-2 convs + LeakyReLU down to <= 4x4, then a linear score; no normalisation
+    layer, since BatchNorm couples the samples of a batch and breaks the per-sample gradient penalty.
+    (B, C, H, W) -> (B,)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: int = 64) -> None:
+        super().__init__()
+        c, h, _ = image_shape
+        layers: list[nn.Module] = []
+        while h > 4:
+            layers += [nn.Conv2d(c, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            c, h, channels = channels, h // 2, min(channels * 2, 512)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.LazyLinear(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1)).squeeze(1)
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_mix)||_2 - 1)^2] on random interpolates."""
+    alpha = torch.rand(len(real), 1, 1, 1, device=real.device)
+    mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+@ATTACKS.register("gan")
+class GANAttack(Attack):
+    """GAN MIA: a decoder-initialised generator refined against a WGAN-GP critic plus a weighted MSE term.
+
+    Paper: Zhang et al., The Secret Revealer, CVPR 2020, https://arxiv.org/abs/1911.07135 ; generator and losses as
+    in CEM (Xia et al., CVPR 2025, S.3). Threat model: see attacks/base.py. Generator = the decoder architecture,
+    initialised from a trained decoder attack; critic loss D(G(z)) - D(x) + gp_weight * GP; generator loss
+    -D(G(z)) + mse_weight * MSE(G(z), x); Adam with betas (0.5, 0.999). Features are transmitted afresh every batch
+    (noise-aware). The GAN epoch with the lowest validation MSE on the attacker's own held-out images is kept.
+
+    Args (``GANConfig``): epochs=150, critic_lr=5e-3, generator_lr=5e-4, gp_weight=10, mse_weight=1500,
+    critic_steps=1, reuse_decoder=True, decoder_epochs=50, blocks=8, channels=64, batch_size=256.
+    Shape: invert (B, *feature_shape) -> (B, C, H, W) in [0, 1].
+    Example: ``run_attack("runs/quick", "gan", "infer", {"epochs": 2})``
+    """
+
+    Config = GANConfig
+
+    def __init__(self, cfg: GANConfig, victim: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, victim, **kwargs)
+        self.generator: Optional[nn.Module] = None
+
+    def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
+        cfg = self.cfg
+        gen = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
+                                                  "blocks": cfg.blocks, "channels": cfg.channels},
+                             reuse=cfg.reuse_decoder)
+        torch.manual_seed(self.seed + 1)  # critic initialisation, interpolation weights
+        g = torch.Generator().manual_seed(self.seed + 1)
+        critic = Critic(self.image_shape, cfg.critic_channels).to(self.device)
+        critic(torch.zeros(1, *self.image_shape, device=self.device))  # materialise the lazy head
+        opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
+        opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
+        self.info["decoder_val_mse"] = validation_mse(self, gen, x_val)
+        best, best_state, history = float("inf"), None, []
+        for epoch in range(cfg.epochs):
+            t0, sums, step = time.perf_counter(), {"critic": 0.0, "adv": 0.0, "mse": 0.0}, 0
+            gen.train()
+            for x in self.batches(x_fit, shuffle=True, generator=g):
+                z = self.transmit(x)
+                # Critic: Wasserstein estimate on real vs generated, plus the gradient penalty.
+                fake = gen(z).detach()
+                loss_d = critic(fake).mean() - critic(x).mean() + cfg.gp_weight * gradient_penalty(critic, x, fake)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                step += 1
+                sums["critic"] += float(loss_d.detach())
+                if step % cfg.critic_steps:
+                    continue
+                # Generator: fool the critic, stay close to the image (the MSE term dominates at weight 1500).
+                out = gen(z)
+                adv, mse = -critic(out).mean(), F.mse_loss(out, x)
+                loss_g = adv + cfg.mse_weight * mse
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                sums["adv"] += float(adv.detach())
+                sums["mse"] += float(mse.detach())
+            val = validation_mse(self, gen, x_val)
+            history.append(val)
+            n_g = max(step // cfg.critic_steps, 1)
+            log.info("gan epoch %d/%d  critic %.4f  adv %.4f  mse %.5f  val mse %.5f  (%.1fs)", epoch + 1,
+                     cfg.epochs, sums["critic"] / max(step, 1), sums["adv"] / n_g, sums["mse"] / n_g, val,
+                     time.perf_counter() - t0)
+            if val < best:
+                best, best_state = val, copy.deepcopy(gen.state_dict())
+        if best_state is not None:
+            gen.load_state_dict(best_state)
+        gen.eval()
+        self.generator = gen
+        self.info.update(val_mse=best, best_epoch=history.index(best) + 1 if history else 0, val_history=history)
+
+    @torch.no_grad()
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        assert self.generator is not None, "fit() first"
+        return self.generator(z)
