@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from splitshield.data import to_unit
 from splitshield.nets.decoder import ResidualDecoder
@@ -44,6 +43,8 @@ class SimulatedAttacker(nn.Module):
         finally:
             self.decoder.requires_grad_(True)
         if measure == "ssim":
+            from torchmetrics.functional.image import structural_similarity_index_measure as ssim  # lazy: slow import
+
             score = ssim(x_rec.float(), x.float(), data_range=1.0)
             return torch.relu(score - tau), score.detach()
         mse = F.mse_loss(x_rec.float(), x.float())

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 # PSNR of a perfect reconstruction is infinite; cap it so averages stay finite (1e-10 MSE -> 100 dB).
 MIN_MSE = 1e-10
@@ -38,6 +37,9 @@ def psnr_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def ssim_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N,) SSIM with an 11x11 Gaussian window (sigma 1.5), data range 1, as in the papers (torchmetrics)."""
     _check(preds, target)
+    # Imported here: torchmetrics pulls in scipy.signal (~2.5 s), which every CLI start would otherwise pay.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(preds.float(), target.float(), gaussian_kernel=True, sigma=1.5,
                                                kernel_size=11, data_range=1.0, reduction="none")
 
