@@ -19,51 +19,36 @@ import yaml
 
 from splitshield.bench import BENCHMARKS
 from splitshield.config import ExperimentConfig, load_config
-from splitshield.data import build_data
 from splitshield.errors import UserError
-from splitshield.train.build import build_components
-from splitshield.train.checkpoint import seed_everything
-from splitshield.train.loop import train_epoch
-from splitshield.train.optim import build_optimizer, build_scheduler, select_device
+from splitshield.train.loop import TrainingSession, setup_training, train_epoch
+from splitshield.train.optim import select_device
 
 @dataclass
 class _Arm:
-    """One model under test with everything the training loop needs."""
+    """One model under test: a training session plus its step counter."""
 
     name: str
-    cfg: ExperimentConfig
-    model: torch.nn.Module
-    defenses: torch.nn.Module
-    data: object
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
+    session: TrainingSession
     step: int = 0
 
 
 def _arm(name: str, cfg: ExperimentConfig, device: torch.device) -> _Arm:
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
-    model, defenses = build_components(cfg, data.info, train_size=len(data.train))  # type: ignore[arg-type]
-    model.to(device)
-    defenses.to(device)
-    optimizer = build_optimizer(cfg.train, model.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
-    defenses.setup(model, data, device)
-    return _Arm(name, cfg, model, defenses, data, optimizer, build_scheduler(cfg.train, optimizer), scaler)
+    session = setup_training(cfg, device)
+    session.defenses.setup(session.model, session.data, device)
+    return _Arm(name, session)
 
 
 def _epoch(arm: _Arm, epoch: int, device: torch.device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one epoch; CPU time is less sensitive to other jobs' load."""
     t0, c0 = time.perf_counter(), time.process_time()
-    arm.defenses.on_epoch_start(epoch)
-    _, arm.step = train_epoch(arm.model, arm.defenses, arm.data, arm.optimizer, arm.scaler, epoch, arm.step,
-                              arm.cfg, device)
-    arm.defenses.on_epoch_end(epoch)
+    s = arm.session
+    s.defenses.on_epoch_start(epoch)
+    _, arm.step = train_epoch(s.model, s.defenses, s.data, s.optimizer, s.scaler, epoch, arm.step, s.cfg, device)
+    s.defenses.on_epoch_end(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    arm.scheduler.step()  # type: ignore[attr-defined]
+    s.scheduler.step()
     return seconds, cpu
 
 
@@ -103,7 +88,7 @@ def cem_overhead(argv: list[str]) -> int:
     arms = [_arm("with", with_cfg, device), _arm("without", without_cfg, device)]
     load0 = os.getloadavg()
     print(f"config {args.config}: {with_cfg.model.name} on {with_cfg.data.name}, "
-          f"{len(arms[0].data.train)} train images, device {device}, torch threads {torch.get_num_threads()}, "
+          f"{len(arms[0].session.data.train)} train images, device {device}, torch threads {torch.get_num_threads()}, "
           f"load average {load0[0]:.2f}")
     print(f"with:    {[d.to_config() for d in with_cfg.defenses]}")
     print(f"without: {[d.to_config() for d in without_cfg.defenses]}")

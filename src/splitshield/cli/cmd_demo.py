@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from splitshield.cli.common import print_result
 from splitshield.errors import UserError
 
 PRESET = os.path.join("configs", "quick-fmnist.yaml")
@@ -17,8 +18,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise UserError(f"{args.config} not found; run 'make demo' from the repository root or pass --config")
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, out=args.out)
-    print(f"run: {result.run_dir}")
-    print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")
+    print_result(result)
     return 0
 
 

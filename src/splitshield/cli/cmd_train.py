@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_config_args, config_from_args
+from splitshield.cli.common import add_config_args, config_from_args, print_result
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -11,8 +11,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg, out=args.out)
-    print(f"run: {result.run_dir}")
-    print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")
+    print_result(result)
     return 0
 
 
@@ -22,8 +21,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.run_dir)
     result = train(cfg, resume_dir=args.run_dir)
-    print(f"run: {result.run_dir}")
-    print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")
+    print_result(result)
     return 0
 
 

@@ -14,3 +14,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, args.overrides)
+
+
+def print_result(result) -> None:  # noqa: ANN001 - a splitshield.train.TrainResult
+    print(f"run: {result.run_dir}")
+    print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")

@@ -6,7 +6,7 @@ attacks reconstruct raw pixels.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional, Sequence
 
 import torch

@@ -194,7 +194,7 @@ def official_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, coun
     Per cluster j of class c present in the batch: pi_j|c * relu(log(v_j + gamma) - log(tau sigma^2 + gamma)),
     v_j = a v_batch + (1 - a) v_stored, a = min(0.99, 10 n_j / (pi_j|c N_c)) = min(0.99, 10 n_j / size_j);
     summed over the class's clusters and averaged over the classes present. counts/var are flat (k,)."""
-    k, d = counts.shape[0], z.shape[1]
+    k = counts.shape[0]
     n, v_batch = batch_covariance(z, comp, means, k, "isotropic")  # mean squared distance over members and dims
     a = torch.clamp(10 * n / counts.clamp_min(1), max=0.99)
     v = a * v_batch + (1 - a) * var

@@ -17,6 +17,7 @@ state go through ``get_extra_state``/``set_extra_state`` so checkpoints carry th
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
@@ -72,6 +73,7 @@ class Defense(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.env = env
+        self._stack_ref: Optional[weakref.ref] = None  # weak: the stack owns its defenses, not the reverse
 
     @classmethod
     def identity_config(cls) -> Any:
@@ -86,7 +88,17 @@ class Defense(nn.Module):
         return model
 
     def attach(self, stack: "DefenseStack") -> None:
-        pass
+        self._stack_ref = weakref.ref(stack)
+
+    @property
+    def stack(self) -> Optional["DefenseStack"]:
+        """The stack this defense belongs to (set by ``attach``), for defenses that need their neighbours."""
+        return self._stack_ref() if self._stack_ref is not None else None
+
+    def transmitted(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """What the whole stack sends for edge output ``z_hat`` (simulated attackers train on exactly that)."""
+        stack = self.stack
+        return stack.transform(z_hat) if stack is not None else z_hat
 
     def setup(self, model: "SplitModel", data: "DataBundle", device: torch.device) -> None:
         pass

@@ -19,18 +19,14 @@ Example: ``{name: cem, lam: 16}`` or ``{name: cem, variant: official}``.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
 from splitshield.defenses import _mixture as mx
 from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, StepContext
 from splitshield.errors import ConfigError
-
-if TYPE_CHECKING:
-    from splitshield.defenses.stack import DefenseStack
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +82,6 @@ class CEM(Defense):
         self._feats: Optional[torch.Tensor] = None  # (N, D) capture buffer; not checkpointed (refilled each epoch)
         self._labels: Optional[torch.Tensor] = None
         self._cursor = 0
-        self._stack: Optional[weakref.ref] = None
 
     @classmethod
     def identity_config(cls) -> CEMConfig:
@@ -95,12 +90,9 @@ class CEM(Defense):
     def is_identity(self) -> bool:
         return self.cfg.lam == 0
 
-    def attach(self, stack: "DefenseStack") -> None:
-        self._stack = weakref.ref(stack)  # a weak reference: the stack owns us, not the other way round
-
     def sigma(self) -> float:
         """Std of the Gaussian noise on z (Sigma_p = sigma^2 I): the stack's, else the configured fallback."""
-        stack = self._stack() if self._stack is not None else None
+        stack = self.stack
         std = stack.noise_std() if stack is not None else 0.0
         return std if std > 0 else self.cfg.sigma
 

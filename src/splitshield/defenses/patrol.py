@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -142,7 +141,6 @@ class Patrol(Defense):
     def __init__(self, cfg: Any, env: DefenseEnv) -> None:
         super().__init__(cfg, env)
         self.attacker: Optional[SimulatedAttacker] = None
-        self._stack: Optional[weakref.ref] = None
 
     @property
     def needs_blocks(self) -> bool:  # type: ignore[override]
@@ -155,8 +153,6 @@ class Patrol(Defense):
     def is_identity(self) -> bool:
         return self.cfg.extra_layers == 0 and self.cfg.lipschitz == 0 and self.cfg.adv_weight == 0
 
-    def attach(self, stack: Any) -> None:
-        self._stack = weakref.ref(stack)  # weak: the stack owns this defense
 
     def adapt_model(self, model: SplitModel) -> SplitModel:
         if self.cfg.extra_layers > 0:
@@ -171,13 +167,9 @@ class Patrol(Defense):
                                               channels=self.cfg.channels, lr=self.cfg.lr, seed=self.env.seed + 202)
         return model
 
-    def _transmit(self, z: torch.Tensor) -> torch.Tensor:
-        stack = self._stack() if self._stack is not None else None
-        return stack.transform(z) if stack is not None else z
-
     def setup(self, model: SplitModel, data: Any, device: torch.device) -> None:
         if self.attacker is not None:
-            self.attacker.pretrain(model.edge, self._transmit, data, device,
+            self.attacker.pretrain(model.edge, self.transmitted, data, device,
                                    epochs=self.cfg.pretrain_epochs, max_steps=self.cfg.pretrain_max_steps,
                                    seed=self.env.seed + 203)
 

@@ -16,7 +16,6 @@ Example::
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -50,7 +49,6 @@ class ResSFL(Defense):
     def __init__(self, cfg: Any, env: DefenseEnv) -> None:
         super().__init__(cfg, env)
         self.attacker: Optional[SimulatedAttacker] = None
-        self._stack: Optional[weakref.ref] = None  # set in attach; what leaves the device is stack.transform
 
     @classmethod
     def identity_config(cls) -> "ResSFL.Config":
@@ -59,8 +57,6 @@ class ResSFL(Defense):
     def is_identity(self) -> bool:
         return self.cfg.alpha == 0.0
 
-    def attach(self, stack: Any) -> None:
-        self._stack = weakref.ref(stack)  # weak: the stack owns this defense
 
     def adapt_model(self, model: SplitModel) -> SplitModel:
         if not self.is_identity():
@@ -68,13 +64,9 @@ class ResSFL(Defense):
                                               channels=self.cfg.channels, lr=self.cfg.lr, seed=self.env.seed + 101)
         return model
 
-    def _transmit(self, z: torch.Tensor) -> torch.Tensor:
-        stack = self._stack() if self._stack is not None else None
-        return stack.transform(z) if stack is not None else z
-
     def setup(self, model: SplitModel, data: Any, device: torch.device) -> None:
         if self.attacker is not None:
-            self.attacker.pretrain(model.edge, self._transmit, data, device,
+            self.attacker.pretrain(model.edge, self.transmitted, data, device,
                                    epochs=self.cfg.pretrain_epochs, max_steps=self.cfg.pretrain_max_steps,
                                    seed=self.env.seed + 102)
 

@@ -97,15 +97,23 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
     return stats, step
 
 
-def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None) -> TrainResult:
-    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint."""
-    run_dir = resume_dir or new_run_dir(cfg, out)
-    ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    state = load_checkpoint(ckpt_path) if resume_dir else None
-    if state is None and os.path.exists(ckpt_path):
-        raise CheckpointError(f"{run_dir} already holds a trained run; use 'splitshield resume {run_dir}' or "
-                              "choose another --out")
-    device = select_device(cfg.train.device)
+@dataclass
+class TrainingSession:
+    """Everything one training run steps through; built once by ``setup_training`` (train, resume, benchmarks)."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    data: DataBundle
+    model: SplitModel
+    defenses: DefenseStack
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None) -> TrainingSession:
+    """Seed, data, model + defenses on the device, optimizer, schedule and AMP scaler for ``cfg``."""
+    device = device or select_device(cfg.train.device)
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed)
     model, defenses = build_components(cfg, data.info, train_size=len(data.train))  # type: ignore[arg-type]
@@ -114,6 +122,20 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = build_scheduler(cfg.train, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
+    return TrainingSession(cfg, device, data, model, defenses, optimizer, scheduler, scaler)
+
+
+def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None) -> TrainResult:
+    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint."""
+    run_dir = resume_dir or new_run_dir(cfg, out)
+    ckpt_path = os.path.join(run_dir, CHECKPOINT)
+    state = load_checkpoint(ckpt_path) if resume_dir else None
+    if state is None and os.path.exists(ckpt_path):
+        raise CheckpointError(f"{run_dir} already holds a trained run; use 'splitshield resume {run_dir}' or "
+                              "choose another --out")
+    session = setup_training(cfg)
+    device, data, model, defenses = session.device, session.data, session.model, session.defenses
+    optimizer, scheduler, scaler = session.optimizer, session.scheduler, session.scaler
     start_epoch, step = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
