@@ -52,9 +52,12 @@ def test_bad_value(tiny_yaml) -> None:
     assert_one_line_error(run_cli("train", tiny_yaml, "--set", "train.lr=fast"), "expected a number")
 
 
-def test_missing_dataset(tiny_yaml, tmp_path) -> None:
-    proc = run_cli("train", tiny_yaml, "--set", "data.name=fashion-mnist", "--set", f"data.root={tmp_path}/none")
+def test_missing_dataset_fails_cleanly(tiny_yaml, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("train", tiny_yaml, "--set", "data.name=fashion-mnist", "--set", f"data.root={tmp_path}/none",
+                   "--out", str(out))
     assert_one_line_error(proc, "fashion-mnist not found")
+    assert not out.exists()  # a run that cannot start leaves nothing behind
 
 
 def test_missing_config_file(tmp_path) -> None:

@@ -17,11 +17,10 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_DIR = "results"
 
 
-def new_run_dir(cfg: ExperimentConfig, out: str | None) -> str:
-    """``out`` as given, else runs/<name>-<config hash>-s<seed>."""
-    path = out or os.path.join("runs", f"{cfg.name}-{cfg.digest()[:8]}-s{cfg.seed}")
-    os.makedirs(path, exist_ok=True)
-    return path
+def run_dir_for(cfg: ExperimentConfig, out: str | None) -> str:
+    """``out`` as given, else runs/<name>-<config hash>-s<seed> (not created here: a run that fails to start
+    leaves no empty directory behind)."""
+    return out or os.path.join("runs", f"{cfg.name}-{cfg.digest()[:8]}-s{cfg.seed}")
 
 
 def save_config(cfg: ExperimentConfig, run_dir: str) -> None:

@@ -16,7 +16,7 @@ from splitshield.data import DataBundle, build_data, to_unit
 from splitshield.defenses import DefenseStack, StepContext
 from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
-from splitshield.runs import METRICS_FILE, append_jsonl, new_run_dir, save_config, write_result
+from splitshield.runs import METRICS_FILE, append_jsonl, run_dir_for, save_config, write_result
 from splitshield.train.build import build_components
 from splitshield.train.checkpoint import (CHECKPOINT, atomic_save, load_checkpoint, rng_state, seed_everything,
                                           set_rng_state)
@@ -127,7 +127,7 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
 
 def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None) -> TrainResult:
     """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint."""
-    run_dir = resume_dir or new_run_dir(cfg, out)
+    run_dir = resume_dir or run_dir_for(cfg, out)
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     state = load_checkpoint(ckpt_path) if resume_dir else None
     if state is None and os.path.exists(ckpt_path):
@@ -148,6 +148,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         start_epoch, step = int(state["epoch"]), int(state["step"])
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
     else:
+        os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, run_dir)
         defenses.setup(model, data, device)
     log.info("run %s: %s on %s, features %s, device %s", run_dir, cfg.model.name, data.info.name,
