@@ -1,0 +1,58 @@
+"""Benchmarks run end to end on tiny synthetic configs, print their headline, and reuse finished work."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from splitshield.bench.cem_gain import cem_gain
+from splitshield.bench.cem_overhead import cem_overhead
+from splitshield.bench.defense_table import defense_table
+
+TINY_ATTACK = {"name": "decoder", "epochs": 1, "blocks": 1, "channels": 8, "batch_size": 64}
+
+
+@pytest.fixture
+def noise_yaml(tiny_raw, tmp_path) -> str:
+    raw = dict(tiny_raw, defenses=[{"name": "gaussian_noise", "sigma": 0.05}], attacks=[TINY_ATTACK])
+    raw["train"] = dict(raw["train"], epochs=2, milestones=[2], max_steps_per_epoch=2)
+    path = tmp_path / "noise.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_defense_table_prints_a_row_per_preset_and_reuses_finished_runs(noise_yaml, tmp_path, capsys) -> None:
+    argv = [noise_yaml, "--runs", str(tmp_path / "runs")]
+    assert defense_table(argv) == 0
+    row = last_line(capsys)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "noise" and cells[1] == "gaussian_noise" and 0 <= float(cells[2]) <= 1
+    assert float(cells[3]) > 0 and int(cells[5].replace(",", "")) > 0
+    result = tmp_path / "runs" / "noise" / "results" / "attack-decoder-train.json"
+    stamp = os.path.getmtime(result)
+    assert defense_table(argv) == 0  # finished run and attack are reused, not redone
+    assert last_line(capsys) == row and os.path.getmtime(result) == stamp
+
+
+def test_cem_gain_reports_per_arm_gain_and_reuses_stored_attacks(noise_yaml, tmp_path, capsys) -> None:
+    argv = [noise_yaml, "--arm", "paper", "--seeds", "0", "--out", str(tmp_path / "gain")]
+    assert cem_gain(argv) == 0
+    out = capsys.readouterr().out
+    assert "seed 0 base" in out and "seed 0 paper" in out
+    assert out.strip().splitlines()[-1].startswith("mean decoder-MSE gain of CEM (first paper arm) over 1 seeds:")
+    stamp = os.path.getmtime(tmp_path / "gain" / "paper-s0" / "checkpoint.pt")
+    assert cem_gain(argv) == 0
+    assert capsys.readouterr().out == out  # same numbers, nothing retrained
+    assert os.path.getmtime(tmp_path / "gain" / "paper-s0" / "checkpoint.pt") == stamp
+
+
+def test_cem_overhead_prints_the_median_ratio_last(noise_yaml, capsys) -> None:
+    assert cem_overhead([noise_yaml, "--epochs", "2"]) == 0
+    line = last_line(capsys)
+    assert line.startswith("median epoch-time ratio (with/without CEM, epochs 2-2):")
+    assert float(line.rsplit(" ", 1)[1]) > 0
