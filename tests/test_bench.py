@@ -56,3 +56,12 @@ def test_cem_overhead_prints_the_median_ratio_last(noise_yaml, capsys) -> None:
     line = last_line(capsys)
     assert line.startswith("median epoch-time ratio (with/without CEM, epochs 2-2):")
     assert float(line.rsplit(" ", 1)[1]) > 0
+
+
+def test_cem_step_times_every_covariance_mode(capsys) -> None:
+    from splitshield.bench.cem_step import cem_step
+
+    assert cem_step(["--dim", "8", "--classes", "2", "--per-class", "2", "--batch", "16", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["diagonal", "isotropic", "full"]
+    assert all(float(line.split()[1]) > 0 for line in lines[1:])
