@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 # One thread per test process: faster for tiny tensors and keeps results bit-stable across machines.
 torch.set_num_threads(1)
 os.environ.setdefault("SPLITSHIELD_DATA", os.path.join(os.path.dirname(__file__), ".no-data"))
+# Module-scoped fixtures train before the per-test fixture below applies: they write here, never to runs/.
+os.environ["SPLITSHIELD_RESULTS_DB"] = os.path.join(tempfile.mkdtemp(prefix="splitshield-db-"), "results.sqlite")
 
 
 @pytest.fixture(autouse=True)
