@@ -8,7 +8,6 @@ the base and mean accuracy change, over seeds), and on the last line the paper a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from splitshield.bench import BENCHMARKS
+from splitshield.cli.main import OneLineParser
 from splitshield.config import load_config
 from splitshield.errors import UserError
 
@@ -60,7 +60,7 @@ def cem_gain(argv: list[str]) -> int:
     """Decoder-attack MSE gain and accuracy change from adding CEM, over seeds."""
     from splitshield.attacks._api import run_attack
 
-    p = argparse.ArgumentParser(prog="splitshield bench cem-gain", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="splitshield bench cem-gain", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config of the base defense (CEM entries are removed from it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--arm", action="append", default=[], help="CEM setting: VARIANT[,KEY=VALUE...] (repeatable; "

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from splitshield.bench import BENCHMARKS
+from splitshield.cli.main import OneLineParser
 from splitshield.config import ExperimentConfig, load_config
 from splitshield.errors import UserError
 from splitshield.train.loop import TrainingSession, setup_training, train_epoch
@@ -72,7 +73,7 @@ def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, ExperimentConf
 @BENCHMARKS.register("cem-overhead")
 def cem_overhead(argv: list[str]) -> int:
     """Median epoch-time ratio of training with CEM over without (same config, alternating epochs)."""
-    p = argparse.ArgumentParser(prog="splitshield bench cem-overhead", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="splitshield bench cem-overhead", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config (CEM is appended unless the config already has it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cem", action="append", default=[], metavar="KEY=VALUE",

@@ -1,7 +1,6 @@
 """`splitshield bench cem-step`: cost of one CEM batch step (Eq. 5-7, forward + backward) per covariance mode."""
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -9,6 +8,7 @@ import time
 import torch
 
 from splitshield.bench import BENCHMARKS
+from splitshield.cli.main import OneLineParser
 
 
 @BENCHMARKS.register("cem-step")
@@ -16,7 +16,7 @@ def cem_step(argv: list[str]) -> int:
     """Milliseconds per CEM batch step (paper variant) for the full, diagonal and isotropic covariance modes."""
     from splitshield.defenses import _mixture as mx
 
-    p = argparse.ArgumentParser(prog="splitshield bench cem-step", description=__doc__)
+    p = OneLineParser(prog="splitshield bench cem-step", description=__doc__)
     p.add_argument("--dim", type=int, default=392, help="feature dimension D (quick-fmnist: 392)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=3, help="components per class")

@@ -6,12 +6,12 @@ reused, so an interrupted table resumes where it stopped.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 
 from splitshield.bench import BENCHMARKS
+from splitshield.cli.main import OneLineParser
 
 PRESETS = os.path.join("configs", "defenses")
 
@@ -57,7 +57,7 @@ def _unfinished(run_dir: str, epochs: int) -> bool:
 @BENCHMARKS.register("defense-table")
 def defense_table(argv: list[str]) -> int:
     """Train + decoder-attack every defense preset; print defense, accuracy, MSE, edge params and MACs."""
-    p = argparse.ArgumentParser(prog="splitshield bench defense-table", description=__doc__)
+    p = OneLineParser(prog="splitshield bench defense-table", description=__doc__)
     p.add_argument("presets", nargs="*", help=f"preset YAML files (default: all of {PRESETS}/*.yaml)")
     p.add_argument("--runs", default=os.path.join("runs", "defense-table"), help="where the runs are kept")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -70,6 +70,10 @@ def defense_table(argv: list[str]) -> int:
 
     attack_overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.attack_set)}
     presets = args.presets or sorted(glob.glob(os.path.join(PRESETS, "*.yaml")))
+    from splitshield.config import load_config
+
+    for preset in presets:  # every preset must load before any run starts
+        load_config(preset, args.overrides)
     print("| preset | defenses | test acc | decoder MSE (train) | mean-image MSE | edge params | edge MMACs |")
     print("|---|---|---|---|---|---|---|")
     for preset in presets:

@@ -6,7 +6,6 @@ Without RUN_DIR a tiny synthetic model is trained on the fly (a few seconds).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 import numpy as np
 
 from splitshield.bench import BENCHMARKS
+from splitshield.cli.main import OneLineParser
 from splitshield.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ async def _load(url: str, token: str, body: bytes, clients: int, seconds: float)
 @BENCHMARKS.register("serve")
 def bench_serve(argv: list[str]) -> int:
     """Load test of 'splitshield serve' on loopback: errors, throughput, p50/p99 latency."""
-    p = argparse.ArgumentParser(prog="splitshield bench serve", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="splitshield bench serve", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", nargs="?", help="trained run (default: a tiny synthetic model trained now)")
     p.add_argument("--clients", type=int, default=32, help="concurrent clients (1..256)")
     p.add_argument("--seconds", type=float, default=20.0, help="duration of the load (1..300 s)")

@@ -57,7 +57,6 @@ class ResSFL(Defense):
     def is_identity(self) -> bool:
         return self.cfg.alpha == 0.0
 
-
     def adapt_model(self, model: SplitModel) -> SplitModel:
         if not self.is_identity():
             self.attacker = SimulatedAttacker(model.feature_shape, self.env.input_shape, blocks=self.cfg.blocks,
