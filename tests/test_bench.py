@@ -8,7 +8,6 @@ import yaml
 
 from splitshield.bench.cem_gain import cem_gain
 from splitshield.bench.cem_overhead import cem_overhead
-from splitshield.bench.defense_table import defense_table
 
 TINY_ATTACK = {"name": "decoder", "epochs": 1, "blocks": 1, "channels": 8, "batch_size": 64}
 
@@ -24,19 +23,6 @@ def noise_yaml(tiny_raw, tmp_path) -> str:
 
 def last_line(capsys) -> str:
     return capsys.readouterr().out.strip().splitlines()[-1]
-
-
-def test_defense_table_prints_a_row_per_preset_and_reuses_finished_runs(noise_yaml, tmp_path, capsys) -> None:
-    argv = [noise_yaml, "--runs", str(tmp_path / "runs")]
-    assert defense_table(argv) == 0
-    row = last_line(capsys)
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[0] == "noise" and cells[1] == "gaussian_noise" and 0 <= float(cells[2]) <= 1
-    assert float(cells[3]) > 0 and int(cells[5].replace(",", "")) > 0
-    result = tmp_path / "runs" / "noise" / "results" / "attack-decoder-train.json"
-    stamp = os.path.getmtime(result)
-    assert defense_table(argv) == 0  # finished run and attack are reused, not redone
-    assert last_line(capsys) == row and os.path.getmtime(result) == stamp
 
 
 def test_cem_gain_reports_per_arm_gain_and_reuses_stored_attacks(noise_yaml, tmp_path, capsys) -> None:

@@ -95,4 +95,4 @@ def test_results_command_lists_and_exports(tiny_yaml, tmp_path, capsys) -> None:
 def test_benchmark_arguments_are_one_line_errors(tmp_path) -> None:
     assert_one_line_error(run_cli("bench", "cem-gain"), "required: config")
     assert_one_line_error(run_cli("bench", "nosuch"), "unknown benchmark 'nosuch'")
-    assert_one_line_error(run_cli("bench", "defense-table", str(tmp_path / "none.yaml")), "not found")
+    assert_one_line_error(run_cli("table", str(tmp_path / "none.yaml")), "not found")

@@ -31,34 +31,12 @@ def _arm_spec(text: str) -> dict[str, Any]:
     return spec
 
 
-def _train_or_resume(cfg: Any, out: str) -> None:
-    from splitshield.runs import read_metrics
-    from splitshield.train import train
-
-    if not os.path.exists(os.path.join(out, "checkpoint.pt")):
-        train(cfg, out=out)
-    elif not read_metrics(out) or read_metrics(out)[-1]["epoch"] < cfg.train.epochs:
-        train(cfg, resume_dir=out)
-
-
-def _finished_attack(out: str, attack: dict[str, Any], seed: int) -> dict[str, Any] | None:
-    """The stored decoder-attack result of a finished run, if it was made with the same attack settings."""
-    from splitshield.attacks._api import resolve_attack_config
-    from splitshield.runs import load_run, read_results
-
-    stored = read_results(out).get("attack-decoder-train") if os.path.isdir(out) else None
-    if stored is None or stored.get("seed") != seed:
-        return None
-    from dataclasses import asdict
-
-    wanted = asdict(resolve_attack_config(load_run(out), "decoder", attack))
-    return stored if stored.get("config") == wanted else None
-
-
 @BENCHMARKS.register("cem-gain")
 def cem_gain(argv: list[str]) -> int:
     """Decoder-attack MSE gain and accuracy change from adding CEM, over seeds."""
     from splitshield.attacks._api import run_attack
+    from splitshield.experiments.pipeline import ensure_trained, stored_attack
+    from splitshield.runs import load_run
 
     p = OneLineParser(prog="splitshield bench cem-gain", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config of the base defense (CEM entries are removed from it)")
@@ -80,10 +58,10 @@ def cem_gain(argv: list[str]) -> int:
             raw["defenses"] = [d for d in raw["defenses"] if d["name"] != "cem"] + ([spec] if spec else [])
             cfg = load_config(raw)
             out = os.path.join(args.out, f"{name.replace(',', '-').replace('=', '')}-s{seed}")
-            record = _finished_attack(out, attack, seed)
-            if record is None:  # train (or resume an interrupted run), then attack; finished work is reused
-                _train_or_resume(cfg, out)
-                record = run_attack(out, "decoder", "train", attack, seed=seed)
+            ensure_trained(cfg, out)  # trains, resumes an interrupted run, or reuses a finished one
+            run = load_run(out)
+            record = stored_attack(run, "decoder", "train", seed, attack) or run_attack(run, "decoder", "train",
+                                                                                         attack, seed=seed)
             acc = float(record["victim_accuracy"])
             rows[name].append((float(record["mse"]), acc))
             print(f"seed {seed} {name:28s} test acc {acc:.4f}  decoder MSE {record['mse']:.5f}  ({out})", flush=True)

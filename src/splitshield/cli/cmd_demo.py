@@ -1,29 +1,25 @@
-"""splitshield demo: the main job on the embedded default (Fashion-MNIST on CPU, minutes)."""
+"""splitshield demo: `splitshield run` on the demo preset (Fashion-MNIST, noise + CEM, CPU, minutes)."""
 from __future__ import annotations
 
 import argparse
 import os
 
-from splitshield.cli.common import print_result
 from splitshield.errors import UserError
 
-PRESET = os.path.join("configs", "quick-fmnist.yaml")
+PRESET = os.path.join("configs", "quick-fmnist-demo.yaml")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from splitshield.config import load_config
-    from splitshield.train import train
+    from splitshield.cli.cmd_run import _run
 
     if not os.path.isfile(args.config):
         raise UserError(f"{args.config} not found; run 'make demo' from the repository root or pass --config")
-    cfg = load_config(args.config, args.overrides)
-    result = train(cfg, out=args.out)
-    print_result(result)
-    return 0
+    return _run(argparse.Namespace(config=args.config, overrides=args.overrides, out=args.out, attack=None,
+                                   protocol=None, no_audit=False, device="cpu", argv=args.argv))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train the quick Fashion-MNIST preset on the CPU and report")
+    p = sub.add_parser("demo", help="train, attack, audit and report the demo preset (noise + CEM) on the CPU")
     p.add_argument("--config", default=PRESET, help=f"preset (default {PRESET})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="run directory (default runs/demo)")

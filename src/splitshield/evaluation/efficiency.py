@@ -57,6 +57,7 @@ class Efficiency:
     cloud_macs: int
     edge_ms: float  # median latency of one batch through the edge, NaN if not measured
     batch_size: int
+    cloud_ms: float = float("nan")  # median latency of one batch through the cloud, NaN if not measured
 
     @property
     def edge_share(self) -> float:
@@ -78,12 +79,16 @@ def split_efficiency(model: Any, *, batch_size: int = 1, latency: bool = False,
         edge.eval()
         z = edge(x)
         edge.train(was)
-    edge_ms = float("nan")
+    edge_ms = cloud_ms = float("nan")
     if latency:
-        was = edge.training
+        modes = edge.training, cloud.training
         edge.eval()
-        edge_ms = measure_latency(lambda: edge(x))
-        edge.train(was)
+        cloud.eval()
+        with torch.no_grad():
+            edge_ms = measure_latency(lambda: edge(x))
+            cloud_ms = measure_latency(lambda: cloud(z))
+        edge.train(modes[0])
+        cloud.train(modes[1])
     return Efficiency(edge_params=count_parameters(edge), cloud_params=count_parameters(cloud),
                       edge_macs=count_macs(edge, x), cloud_macs=count_macs(cloud, z), edge_ms=edge_ms,
-                      batch_size=batch_size)
+                      batch_size=batch_size, cloud_ms=cloud_ms)

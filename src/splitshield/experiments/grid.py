@@ -1,0 +1,168 @@
+"""Running a grid's tasks: executors (a registry), progress with time remaining, results collected per task.
+
+Every task runs the resumable pipeline, so a grid started again skips finished runs and resumes an interrupted
+one. A task that fails is reported and the grid goes on; the failures are listed at the end (nothing already
+computed is lost, and running the grid again retries only what is missing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from splitshield.experiments.spec import GridCommon, Task
+from splitshield.registry import Registry
+
+log = logging.getLogger(__name__)
+
+EXECUTORS: Registry[Callable[..., list["TaskResult"]]] = Registry("executor")
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    ok: bool
+    train: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audit: Optional[dict[str, Any]] = None
+    efficiency: dict[str, Any] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_task(task: Task, attacks: Sequence[str], protocols: Sequence[str], audit: bool) -> TaskResult:
+    """The pipeline for one task, with failures caught into the result (a grid survives one bad run)."""
+    from splitshield.errors import UserError
+    from splitshield.experiments.pipeline import run_pipeline
+
+    started = time.perf_counter()
+    try:
+        out = run_pipeline(task.cfg, task.run_dir, attacks=attacks, protocols=protocols, audit=audit)
+    except (UserError, RuntimeError, ValueError, OSError) as exc:
+        log.exception("task %s failed", task.label)
+        return TaskResult(task, False, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+    return TaskResult(task, True, out.train, out.attacks, out.audit, out.efficiency, out.computed,
+                      time.perf_counter() - started)
+
+
+class Progress:
+    """One line per finished task: count, elapsed, and the time remaining estimated from computed tasks."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.work_seconds, self.worked = 0.0, 0
+        self.stream = stream or sys.stderr
+
+    def update(self, result: TaskResult) -> None:
+        self.done += 1
+        if result.computed:  # reused tasks take no time and would make the estimate optimistic
+            self.work_seconds += result.seconds
+            self.worked += 1
+        elapsed = time.perf_counter() - self.started
+        left = self.total - self.done
+        eta = f"~{_clock(self.work_seconds / self.worked * left)} left" if self.worked and left else ""
+        status = "failed: " + result.error if not result.ok else (
+            "computed " + ", ".join(result.computed) if result.computed else "reused")
+        print(f"[{self.done}/{self.total}] {result.task.label}: {status} ({result.seconds:.0f}s; "
+              f"elapsed {_clock(elapsed)}{'; ' + eta if eta else ''})", file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@EXECUTORS.register("local")
+def local_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress, **_: Any) -> list[TaskResult]:
+    """Tasks one after another in this process."""
+    results = []
+    for task in tasks:
+        result = run_task(task, grid.attacks, grid.protocols, grid.audit)
+        progress.update(result)
+        results.append(result)
+    return results
+
+
+def execute(tasks: Sequence[Task], grid: GridCommon, executor: str = "local", **options: Any) -> list[TaskResult]:
+    """Run ``tasks`` with the named executor; every executor returns the results in task order."""
+    from splitshield.experiments import executors  # noqa: F401  (registers the process and ray executors)
+
+    run = EXECUTORS.get(executor)
+    # Two tasks of a grid can be the same experiment (a sweep's shared point): run each folder once, so parallel
+    # executors never train into one folder twice, and give every task its folder's result.
+    first: dict[str, Task] = {}
+    for t in tasks:
+        first.setdefault(t.run_dir, t)
+    unique = list(first.values())
+    print(f"grid {grid.name}: {len(unique)} runs in {grid.runs}, report in {grid.out} ({executor} executor)", file=sys.stderr, flush=True)
+    done = {r.task.run_dir: r for r in run(unique, grid, Progress(len(unique)), **options)}
+    return [dataclasses.replace(done[t.run_dir], task=t) for t in tasks]
+
+
+MANIFEST = "grid.json"
+
+
+def write_manifest(grid: GridCommon, kind: str, tasks: Sequence[Task], argv: Sequence[str] = ()) -> str:
+    """``<out>/grid.json``: the grid's config and its tasks, so `splitshield report DIR` can rebuild the report
+    from stored results alone. Run folders are stored relative to ``out``."""
+    from splitshield.configtools import to_dict
+
+    out = str(grid.out or grid.runs)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, MANIFEST)
+    command = "splitshield " + " ".join(shlex.quote(a) for a in argv)  # how to reproduce this folder
+    body = {"kind": kind, "grid": to_dict(grid), "command": command,
+            "tasks": [{"group": t.group, "cem": t.cem, "seed": t.seed, "value": t.value,
+                       "run_dir": os.path.relpath(t.run_dir, out)} for t in tasks]}
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(body, fh, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class StoredGrid:
+    """A grid folder as stored: what kind of grid, its config (as a dict), the command that made it, results."""
+
+    runs: str
+    kind: str  # "table", "sweep" or "run"
+    grid: dict[str, Any]
+    command: str
+    results: list[TaskResult]
+
+
+def load_stored(runs: str) -> StoredGrid:
+    """A grid folder's grid.json plus each run's stored results (runs not finished yet have ok=False)."""
+    from splitshield.errors import UserError
+    from splitshield.runs import load_run_config, read_results
+
+    path = os.path.join(runs, MANIFEST)
+    if not os.path.isfile(path):
+        raise UserError(f"{runs} has no {MANIFEST}; pass the folder a 'splitshield table' or 'sweep' wrote")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            body = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is corrupt ({exc.msg}); run the table or sweep command again to rewrite it")
+    if not isinstance(body, dict) or not {"kind", "grid", "tasks"} <= set(body):
+        raise UserError(f"{path} is not a grid manifest (needs kind, grid, tasks); run the table or sweep command "
+                        "again to rewrite it")
+    results = []
+    for item in body["tasks"]:
+        run_dir = os.path.join(runs, item["run_dir"])
+        stored = read_results(run_dir)
+        cfg = load_run_config(run_dir) if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
+        task = Task(item["group"], bool(item["cem"]), int(item["seed"]), item["value"], cfg, run_dir)  # type: ignore
+        attacks = {k: v for k, v in stored.items() if k.startswith("attack-")}
+        ok = "train" in stored
+        results.append(TaskResult(task, ok, stored.get("train", {}), attacks, stored.get("audit"),
+                                  stored.get("efficiency", {}), [], 0.0, "" if ok else "not run yet"))
+    return StoredGrid(runs, body["kind"], body["grid"], body.get("command", ""), results)

@@ -1,0 +1,157 @@
+"""One experiment end to end: train (or resume), attack, audit; every finished step is reused.
+
+A step is skipped when its stored result matches what would be computed now: training when the metrics log
+reaches the configured epochs, an attack when results/attack-<name>-<protocol>.json has the same resolved attack
+config and seed, the audit when it was taken at the same epoch. So `splitshield run`, grids and sweeps all resume
+an interrupted experiment at the step where it stopped, and never redo finished work.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+from splitshield.config import ExperimentConfig
+from splitshield.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTACKS = ("decoder",)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: str
+    train: dict[str, Any]
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # "attack-<name>-<protocol>" -> record
+    audit: Optional[dict[str, Any]] = None
+    efficiency: dict[str, Any] = field(default_factory=dict)  # parameters, MACs (flop_counter) of edge and cloud
+    computed: list[str] = field(default_factory=list)  # the steps this call ran (the rest were reused)
+
+
+def attack_names(cfg: ExperimentConfig, names: Optional[Sequence[str]] = None) -> list[str]:
+    """The attacks to run: ``names`` if given, else the config's ``attacks:`` list, else the decoder attack."""
+    from splitshield.attacks import ATTACKS
+
+    chosen = list(names) if names else [spec.name for spec in cfg.attacks] or list(DEFAULT_ATTACKS)
+    for name in chosen:
+        ATTACKS.get(name)  # an unknown name is a one-line error listing the valid ones
+    return chosen
+
+
+def trained(run_dir: str, epochs: int) -> bool:
+    from splitshield.runs import read_metrics
+
+    done = read_metrics(run_dir)
+    return bool(done) and done[-1]["epoch"] >= epochs and os.path.exists(os.path.join(run_dir, "results",
+                                                                                       "train.json"))
+
+
+def ensure_trained(cfg: ExperimentConfig, run_dir: str) -> bool:
+    """Train ``cfg`` into ``run_dir``, resume it if interrupted, or do nothing if finished. True if it trained."""
+    from splitshield.runs import load_run_config
+    from splitshield.train import train
+    from splitshield.train.checkpoint import CHECKPOINT
+
+    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        stored = load_run_config(run_dir)
+        if stored.digest() != cfg.digest():
+            raise ConfigError(f"{run_dir} holds a run of another config (hash {stored.digest()[:8]}, wanted "
+                              f"{cfg.digest()[:8]}); choose another output folder or delete it")
+        if trained(run_dir, cfg.train.epochs):
+            return False
+        train(cfg, resume_dir=run_dir)
+    else:
+        train(cfg, out=run_dir)
+    return True
+
+
+def stored_attack(run: Any, name: str, protocol: str, seed: int, params: Optional[dict] = None
+                  ) -> Optional[dict[str, Any]]:
+    """The stored result of attack ``name`` under ``protocol`` if it was made with the same config and seed."""
+    from splitshield.attacks._api import resolve_attack_config
+    from splitshield.runs import read_results
+
+    stored = read_results(run.run_dir).get(f"attack-{name}-{protocol}")
+    if stored is None or stored.get("seed") != seed:
+        return None
+    wanted = asdict(resolve_attack_config(run, name, params))
+    return stored if stored.get("config") == wanted else None
+
+
+@contextmanager
+def run_lock(run_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (a ``<run_dir>.lock`` file beside it) while working in it.
+
+    Grids share run folders (an experiment common to two grids is trained once), and parallel executors or two
+    grid commands may reach the same folder at once: the second waits, then finds the work done and reuses it.
+    flock is released by the OS if the holder dies, so a crashed run never leaves a stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent grids on one folder are then the user's to avoid
+        yield
+        return
+    path = os.path.abspath(run_dir).rstrip(os.sep) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_pipeline(cfg: ExperimentConfig, run_dir: str, *, attacks: Optional[Sequence[str]] = None,
+                 protocols: Sequence[str] = ("train",), audit: bool = True, attack_seed: Optional[int] = None,
+                 device: str = "cpu") -> PipelineResult:
+    """Train, then every (attack, protocol), then the entropy audit; returns all records."""
+    with run_lock(run_dir):
+        return _pipeline(cfg, run_dir, attacks, protocols, audit, attack_seed, device)
+
+
+def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[str]], protocols: Sequence[str],
+              audit: bool, attack_seed: Optional[int], device: str) -> PipelineResult:
+    from splitshield.attacks import run_attack
+    from splitshield.runs import load_run, read_results
+
+    names = attack_names(cfg, attacks)
+    seed = cfg.seed if attack_seed is None else attack_seed
+    computed = ["train"] if ensure_trained(cfg, run_dir) else []
+    run = load_run(run_dir, device)
+    records: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for protocol in protocols:
+            key = f"attack-{name}-{protocol}"
+            record = stored_attack(run, name, protocol, seed)
+            if record is None:
+                record = run_attack(run, name, protocol, seed=seed)
+                computed.append(key)
+            records[key] = record
+    audit_record = read_results(run_dir).get("audit") if audit else None
+    if audit and (audit_record is None or audit_record.get("epoch") != run.epoch):
+        audit_record = _audit(run)
+        computed.append("audit")
+    stored = read_results(run_dir)
+    efficiency = stored.get("efficiency")
+    if efficiency is None:  # cheap (one image through flop_counter, 20 timed passes), so every run gets it
+        from splitshield.evaluation.efficiency import split_efficiency
+        from splitshield.runs import write_result
+
+        efficiency = split_efficiency(run.model, latency=True).to_dict()
+        write_result(run_dir, "efficiency", efficiency)
+    log.info("%s: %s", run_dir, "computed " + ", ".join(computed) if computed else "all steps reused")
+    return PipelineResult(run_dir, stored["train"], records, audit_record, efficiency, computed)
+
+
+def _audit(run: Any) -> dict[str, Any]:
+    from splitshield.data import build_data
+    from splitshield.evaluation.entropy import audit
+    from splitshield.runs import write_result
+
+    data = build_data(run.cfg.data, run.cfg.seed, train_shuffle=False)
+    record = audit(run, data.train)
+    write_result(run.run_dir, "audit", record)
+    return record

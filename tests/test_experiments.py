@@ -1,0 +1,213 @@
+"""Grids, tables, sweeps and the one-config pipeline: expansion, resumption, the Table 1 arithmetic, outputs."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+
+from splitshield.cli.main import main
+from splitshield.errors import ConfigError
+from splitshield.experiments.grid import TaskResult, execute, load_stored
+from splitshield.experiments.pipeline import ensure_trained, run_pipeline
+from splitshield.experiments.spec import SweepConfig, TableConfig, Task, load_grid, sweep_tasks, table_tasks
+from splitshield.experiments.tables import build_table, columns_for, to_csv, to_latex, to_markdown
+
+TINY_ATTACK = {"name": "decoder", "epochs": 1, "train_size": 48, "blocks": 1, "channels": 8, "score_size": 24}
+
+
+@pytest.fixture
+def base_yaml(tiny_raw, tmp_path) -> str:
+    raw = dict(tiny_raw, attacks=[TINY_ATTACK])
+    raw["data"] = dict(raw["data"], augment=False)
+    raw["train"] = dict(raw["train"], epochs=2, milestones=[2], max_steps_per_epoch=2)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    return str(tmp_path / "base.yaml")
+
+
+def write_grid(tmp_path, body: dict) -> str:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "runs": str(tmp_path / "runs"),
+                                    "out": str(tmp_path / "out"), **body}))
+    return str(path)
+
+
+def test_table_tasks_are_rows_times_arms_times_seeds_with_stable_folders(base_yaml, tmp_path) -> None:
+    grid = load_grid(write_grid(tmp_path, {"name": "t", "seeds": [0, 1]}), TableConfig)
+    tasks = table_tasks(grid)
+    assert len(tasks) == 2 * (1 + 7 * 2)  # No_defense + the paper's seven defenses x {w/o, w/ CEM}, 2 seeds
+    assert [t.label for t in tasks[:3]] == ["No_defense s0", "Bottleneck s0", "Bottleneck +CEM s0"]
+    cem_task = tasks[2]
+    assert [d.name for d in cem_task.cfg.defenses] == ["bottleneck", "cem"] and cem_task.cfg.seed == 0
+    assert len({t.run_dir for t in tasks}) == len(tasks)
+    assert [t.run_dir for t in table_tasks(load_grid(write_grid(tmp_path, {"name": "other", "seeds": [0, 1]}),
+                                                     TableConfig))] == [t.run_dir for t in tasks]
+
+
+def test_grid_errors_are_config_errors(base_yaml, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="valid keys"):
+        load_grid(write_grid(tmp_path, {"name": "t", "sedes": [0]}), TableConfig)
+    with pytest.raises(ConfigError, match="protocols"):
+        load_grid(write_grid(tmp_path, {"name": "t", "protocols": ["test"]}), TableConfig)
+    with pytest.raises(ConfigError, match="not found"):
+        load_grid(write_grid(tmp_path, {"name": "t", "base": "missing.yaml"}), TableConfig)
+    grid = load_grid(write_grid(tmp_path, {"name": "t", "set": ["train.epochz=2"]}), TableConfig)
+    with pytest.raises(ConfigError, match="epochz"):
+        table_tasks(grid)
+
+
+def test_sweep_points_that_are_the_same_experiment_share_a_folder_and_run_once(base_yaml, tmp_path) -> None:
+    noise = [{"name": "gaussian_noise", "sigma": 0.05}]
+    grid = load_grid(write_grid(tmp_path, {"name": "s", "protocols": ["train"], "audit": False,
+                                           "cem": [{"name": "cem", "lam": 16}], "sweeps": [
+        {"label": "sigma", "key": "defenses.0.sigma", "values": [0.05, 0.1], "defenses": noise},
+        {"label": "lam", "key": "defenses.1.lam", "values": [16], "compare_cem": False,
+         "defenses": noise + [{"name": "cem", "lam": 16}]}]}), SweepConfig)
+    tasks = sweep_tasks(grid)
+    assert [t.label for t in tasks] == ["sigma 0.05 s0", "sigma 0.1 s0", "sigma 0.05 +CEM s0", "sigma 0.1 +CEM s0",
+                                        "lam 16 s0"]
+    assert tasks[1].cfg.defenses[0].params["sigma"] == 0.1
+    assert tasks[4].run_dir == tasks[2].run_dir  # lambda 16 on sigma 0.05 is the "+CEM" point
+    results = execute(tasks, grid)
+    assert [r.task for r in results] == tasks and all(r.ok for r in results)
+    assert results[4].attacks == results[2].attacks
+    assert len(os.listdir(grid.runs)) == 4
+
+
+def result(group: str, cem: bool, seed: int, acc: float, mse_train: float, mse_infer: float) -> TaskResult:
+    task = Task(group, cem, seed, None, None, f"/x/{group}-{cem}-{seed}")  # type: ignore[arg-type]
+    attacks = {"attack-decoder-train": {"mse": mse_train}, "attack-decoder-infer": {"mse": mse_infer}}
+    return TaskResult(task, True, {"test_accuracy": acc}, attacks)
+
+
+def test_table_means_spreads_averages_and_gain_match_a_hand_computation() -> None:
+    results = [result("No_defense", False, 0, 0.9, 0.01, 0.01),
+               result("A", False, 0, 0.80, 0.010, 0.020), result("A", False, 1, 0.82, 0.012, 0.022),
+               result("A", True, 0, 0.79, 0.015, 0.025), result("A", True, 1, 0.81, 0.017, 0.027),
+               result("B", False, 0, 0.70, 0.030, 0.040), result("B", True, 0, 0.70, 0.033, 0.050)]
+    table = build_table("t", results, columns_for(["decoder"], ["train", "infer"], False))
+    labels = [r.label for r in table.rows]
+    assert labels == ["No_defense", "A", "A+CEM", "B", "B+CEM", "Average w/o CEM", "Average w/ CEM",
+                      "Relative gain of CEM"]
+    assert table.cell(table.rows[1], 0) == "81.00 ± 1.41" and table.cell(table.rows[1], 1) == "0.0110 ± 0.0014"
+    avg_without, avg_with, gain = table.rows[5:]
+    assert avg_without.values[1] == [pytest.approx((0.011 + 0.030) / 2)]  # No_defense is not averaged
+    assert avg_with.values[1] == [pytest.approx((0.016 + 0.033) / 2)]
+    assert gain.values[1] == [pytest.approx(100 * (0.0245 / 0.0205 - 1))]
+    assert gain.values[0] == [pytest.approx((80.0 + 70.0) / 2 - (81.0 + 70.0) / 2)]
+    assert table.cell(gain, 0) == "-0.50 pts" and table.cell(gain, 1) == "+19.5%"
+    md = to_markdown(table)
+    assert "| A+CEM | 80.00 ± 1.41 | 0.0160 ± 0.0014 | 0.0260 ± 0.0014 |" in md
+    rows = list(csv.DictReader(io.StringIO(to_csv(table))))
+    assert rows[1]["method"] == "A" and float(rows[1]["attack-decoder-train_mean"]) == pytest.approx(0.011)
+    assert rows[1]["accuracy_n"] == "2" and rows[0]["accuracy_std"] == ""
+    tex = to_latex(table)
+    assert "No\\_defense" in tex and "$\\pm$" in tex and tex.count("\\\\") == len(table.rows) + 1
+
+
+def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:
+    failed = TaskResult(Task("A", True, 0, None, None, "/x"), False, error="RuntimeError: boom")  # type: ignore
+    table = build_table("t", [result("A", False, 0, 0.8, 0.01, 0.02), failed],
+                        columns_for(["decoder"], ["train"], False))
+    assert table.cell(table.rows[1], 0) == "n/a" and "failed: A +CEM s0" in to_markdown(table)
+
+
+def test_pipeline_reuses_every_finished_step_and_refuses_a_folder_of_another_config(base_yaml, tmp_path) -> None:
+    from splitshield.config import load_config
+
+    cfg = load_config(base_yaml, ["defenses=[{name: gaussian_noise, sigma: 0.05}]"])
+    out = str(tmp_path / "run")
+    first = run_pipeline(cfg, out, protocols=["train", "infer"])
+    assert first.computed == ["train", "attack-decoder-train", "attack-decoder-infer", "audit"]
+    assert first.efficiency["edge_params"] > 0 and first.audit["degenerate"] is False
+    again = run_pipeline(cfg, out, protocols=["train", "infer"])
+    assert again.computed == []
+    assert {k: v["mse"] for k, v in again.attacks.items()} == {k: v["mse"] for k, v in first.attacks.items()}
+    changed = load_config(base_yaml, ["defenses=[{name: gaussian_noise, sigma: 0.05}]", "attacks.0.epochs=2"])
+    with pytest.raises(ConfigError, match="another config"):
+        ensure_trained(changed, out)  # a folder never silently mixes two experiments
+
+
+def test_pipeline_resumes_an_interrupted_training_to_the_uninterrupted_result(base_yaml, tmp_path) -> None:
+    import torch
+
+    from splitshield.config import load_config
+    from splitshield.train import train
+
+    cfg = load_config(base_yaml)
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    ensure_trained(cfg, whole)
+    train(load_config(base_yaml, ["train.epochs=1"]), out=cut)  # the state of a 2-epoch run stopped after epoch 1
+    shutil.copy(os.path.join(whole, "config.yaml"), os.path.join(cut, "config.yaml"))
+    os.remove(os.path.join(cut, "results", "train.json"))
+    assert ensure_trained(cfg, cut) is True and ensure_trained(cfg, cut) is False
+    a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_table_command_writes_markdown_csv_latex_and_resumes(base_yaml, tmp_path, capsys) -> None:
+    grid = write_grid(tmp_path, {"name": "tiny-table", "protocols": ["train"], "no_defense": False,
+                                 "rows": [{"label": "Noise", "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}]})
+    assert main(["table", grid]) == 0
+    out = capsys.readouterr().out
+    assert "| Noise+CEM |" in out and "Relative gain of CEM" in out
+    stored = load_stored(str(tmp_path / "out"))
+    assert stored.kind == "table" and [r.task.label for r in stored.results] == ["Noise s0", "Noise +CEM s0"]
+    md = (tmp_path / "out" / "table.md").read_text()
+    acc = 100 * stored.results[1].train["test_accuracy"]
+    assert f"| Noise+CEM | {acc:.2f} |" in md
+    assert (tmp_path / "out" / "table.tex").read_text().startswith("\\begin{tabular}")
+    stamps = {p: os.path.getmtime(os.path.join(p, "checkpoint.pt")) for p in (r.task.run_dir for r in stored.results)}
+    assert main(["table", grid]) == 0
+    assert "reused" in capsys.readouterr().err
+    assert all(os.path.getmtime(os.path.join(p, "checkpoint.pt")) == t for p, t in stamps.items())
+
+
+def test_sweep_command_draws_curves_scatter_reconstructions_and_costs(base_yaml, tmp_path, capsys) -> None:
+    grid = write_grid(tmp_path, {"name": "tiny-sweep", "protocols": ["train"], "sweeps": [
+        {"label": "cut", "key": "model.cut", "values": [1, 2], "compare_cem": False,
+         "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}]})
+    assert main(["sweep", grid]) == 0
+    from splitshield.experiments.sweep import sweep_sections
+
+    sections = sweep_sections(load_stored(str(tmp_path / "out")), str(tmp_path / "figs"))
+    images = [path for s in sections for _, path in s.images]
+    assert {os.path.basename(p) for p in images} == {"tradeoff-0.png", "entropy-scatter.png", "reconstructions.png"}
+    for path in images:
+        with open(path, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    costs = sections[-1].tables[0].rows
+    assert [row[0] for row in costs] == ["vgg11_bn cut 1", "vgg11_bn cut 2"]
+    assert int(costs[0][2].replace(",", "")) < int(costs[1][2].replace(",", ""))  # fewer layers on the edge
+
+
+def test_run_command_trains_attacks_audits_and_reports(base_yaml, tmp_path, capsys) -> None:
+    out = tmp_path / "one"
+    argv = ["run", base_yaml, "--set", "defenses=[{name: gaussian_noise, sigma: 0.05}]", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "results" / "attack-decoder-train.json").read_text())
+    assert f"MSE {record['mse']:.5f}" in printed and "audit: MSE lower bound" in printed
+    assert (out / "results" / "audit.json").exists() and (out / "report.html").exists()
+    assert load_stored(str(out)).kind == "run"
+    shutil.rmtree(out / "results")
+    os.remove(out / "grid.json")
+    assert main(argv) == 0  # results deleted: the trained model is reused, attack and audit are recomputed
+
+
+def test_a_run_folder_is_locked_while_a_pipeline_works_in_it(tmp_path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    from splitshield.experiments.pipeline import run_lock
+
+    run_dir = str(tmp_path / "grid" / "run")
+    with run_lock(run_dir):
+        with open(run_dir + ".lock", "a") as other:  # a second opener (another process or executor worker)
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(run_dir + ".lock", "a") as other:  # released on exit
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
