@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_grid_args
+from splitshield.cli.common import add_grid_args, run_grid
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from splitshield.experiments.grid import execute, write_manifest
-    from splitshield.experiments.spec import SweepConfig, load_grid, sweep_tasks
-
-    grid = load_grid(args.grid, SweepConfig, args.overrides)
-    tasks = sweep_tasks(grid)
-    if args.dry_run:  # nothing is written
-        for task in tasks:
-            print(f"{task.label}: {task.run_dir}")
-        return 0
-    write_manifest(grid, "sweep", tasks, args.argv)
-    results = execute(tasks, grid, args.executor, **({"address": args.address} if args.address else {}))
     from splitshield.experiments.report import write_report
 
+    ran = run_grid(args, "sweep")
+    if ran is None:
+        return 0
+    grid, results = ran
     print(f"report: {write_report(str(grid.out))}")
     return 1 if any(not r.ok for r in results) else 0
 

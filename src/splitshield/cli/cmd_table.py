@@ -3,32 +3,24 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_grid_args
+from splitshield.cli.common import add_grid_args, run_grid
 
 
 def _table(args: argparse.Namespace) -> int:
-    from splitshield.experiments.grid import execute, load_stored, write_manifest
-    from splitshield.experiments.spec import TableConfig, load_grid, table_tasks
+    from splitshield.experiments.grid import load_stored
+    from splitshield.experiments.report import write_report
     from splitshield.experiments.tables import table_from_stored, to_markdown, write_table_files
 
-    grid = load_grid(args.grid, TableConfig, args.overrides)
-    tasks = table_tasks(grid)
-    if args.dry_run:  # nothing is written
-        for task in tasks:
-            print(f"{task.label}: {task.run_dir}")
+    ran = run_grid(args, "table")
+    if ran is None:
         return 0
-    write_manifest(grid, "table", tasks, args.argv)
-    results = execute(tasks, grid, args.executor, **({"address": args.address} if args.address else {}))
+    grid, results = ran
     table = table_from_stored(load_stored(str(grid.out)).grid, results)
     paths = write_table_files(str(grid.out), table)
     print(to_markdown(table))
-    from splitshield.experiments.report import write_report
-
-    report = write_report(str(grid.out))
     print(f"table: {paths['md']} ({paths['csv']}, {paths['tex']})")
-    print(f"report: {report}")
-    failed = [r for r in results if not r.ok]
-    return 1 if failed else 0
+    print(f"report: {write_report(str(grid.out))}")
+    return 1 if any(not r.ok for r in results) else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

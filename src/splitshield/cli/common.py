@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Optional
 
 from splitshield.config import ExperimentConfig, load_config
 
@@ -29,3 +30,20 @@ def add_grid_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--executor", default="local", help="how runs are executed: local (default)")
     parser.add_argument("--address", help="cluster address for executors that use one")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their folders, run nothing")
+
+
+def run_grid(args: argparse.Namespace, kind: str) -> Optional[tuple[Any, list]]:
+    """Load the grid file of ``kind`` ("table" or "sweep") and run it; with --dry-run only list its runs.
+    Returns (grid, results), or None after a dry run."""
+    from splitshield.experiments.grid import execute, write_manifest
+    from splitshield.experiments.spec import SweepConfig, TableConfig, load_grid, sweep_tasks, table_tasks
+
+    config_cls, expand = (TableConfig, table_tasks) if kind == "table" else (SweepConfig, sweep_tasks)
+    grid = load_grid(args.grid, config_cls, args.overrides)
+    tasks = expand(grid)
+    if args.dry_run:  # nothing is written
+        for task in tasks:
+            print(f"{task.label}: {task.run_dir}")
+        return None
+    write_manifest(grid, kind, tasks, args.argv)
+    return grid, execute(tasks, grid, args.executor, **({"address": args.address} if args.address else {}))

@@ -57,12 +57,7 @@ def tradeoff_figure(results: Sequence[TaskResult], group: str, key: str, protoco
     ax.set_xlabel(f"decoder-attack MSE ({protocol} protocol)  \u2192 more private")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{group} ({key})", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, out)
 
 
 def entropy_figure(results: Sequence[TaskResult], protocol: str, out: str) -> str | None:
@@ -86,11 +81,15 @@ def entropy_figure(results: Sequence[TaskResult], protocol: str, out: str) -> st
     ax.set_yscale("log")
     ax.set_xlabel("relative H(x|z) per dimension (nats)")
     ax.set_ylabel(f"decoder-attack MSE ({protocol})")
+    return _save(plt, fig, ax, out)
+
+
+def _save(plt: Any, fig: Any, ax: Any, out: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
+    plt.close(fig)  # figures are not kept open: a long sweep would otherwise accumulate them
     return out
 
 
