@@ -13,12 +13,25 @@ from splitshield.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)))
+PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+GRIDS = [p for p in PRESETS if p.endswith(("-table.yaml", "-sweep.yaml", "-zoo.yaml"))]
+
+
+@pytest.mark.parametrize("path", [p for p in PRESETS if p not in GRIDS])
 def test_every_preset_loads_and_round_trips(path: str) -> None:
     cfg = load_config(path)
     again = load_config(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
     assert again.digest() == cfg.digest()
+
+
+@pytest.mark.parametrize("path", GRIDS)
+def test_every_grid_expands_into_valid_experiments(path: str) -> None:
+    from splitshield.experiments.spec import SweepConfig, TableConfig, load_grid, sweep_tasks, table_tasks
+
+    kind, expand = (SweepConfig, sweep_tasks) if path.endswith("-sweep.yaml") else (TableConfig, table_tasks)
+    tasks = expand(load_grid(path, kind))
+    assert tasks and all(isinstance(t.cfg, ExperimentConfig) for t in tasks)
 
 
 def test_paper_presets_hold_the_paper_schedule() -> None:

@@ -19,6 +19,10 @@ def _run(args: argparse.Namespace) -> int:
     names = attack_names(cfg, args.attack)  # validated before any training starts
     result = run_pipeline(cfg, run_dir, attacks=names, protocols=args.protocol or ["train"], audit=not args.no_audit,
                           device=args.device)
+    from splitshield.train import distributed
+
+    if not distributed.is_main():  # torchrun: rank 0 attacks, audits and reports
+        return 0
     # The run folder gets the same manifest as a grid folder (one task, itself), so `report` treats both alike.
     grid = GridCommon(name=cfg.name, base=args.config, set=list(args.overrides), seeds=[cfg.seed], attacks=names,
                       protocols=args.protocol or ["train"], runs=run_dir, out=run_dir,

@@ -18,6 +18,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def print_result(result) -> None:  # noqa: ANN001 - a splitshield.train.TrainResult
+    from splitshield.train import distributed
+
+    if not distributed.is_main():  # torchrun: one report per job
+        return
     print(f"run: {result.run_dir}")
     print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")
 
@@ -27,8 +31,13 @@ def add_grid_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("grid", help=what)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a grid value, e.g. --set 'seeds=[0,1,2]' --set set.0=train.epochs=1")
-    parser.add_argument("--executor", default="local", help="how runs are executed: local (default)")
-    parser.add_argument("--address", help="cluster address for executors that use one")
+    parser.add_argument("--executor", default="local",
+                        help="how runs are executed: local (default, one after another), process (worker processes "
+                        "on this machine), ray (a Ray cluster; pip install 'splitshield[ray]')")
+    parser.add_argument("--address", help="ray: cluster address HOST:PORT (default: start a local Ray)")
+    parser.add_argument("--workers", type=int, help="process: worker processes (default: cores / threads, or GPUs)")
+    parser.add_argument("--threads", type=int, help="process, ray: torch threads per run (default 1)")
+    parser.add_argument("--retries", type=int, help="process, ray: attempts again for a failed run (ray default 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their folders, run nothing")
 
 
@@ -46,4 +55,5 @@ def run_grid(args: argparse.Namespace, kind: str) -> Optional[tuple[Any, list]]:
             print(f"{task.label}: {task.run_dir}")
         return None
     write_manifest(grid, kind, tasks, args.argv)
-    return grid, execute(tasks, grid, args.executor, **({"address": args.address} if args.address else {}))
+    options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries") if getattr(args, k) is not None}
+    return grid, execute(tasks, grid, args.executor, **options)

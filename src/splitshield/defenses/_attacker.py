@@ -4,6 +4,8 @@ It is pre-trained on (z, x) pairs of the initial encoder, then updated after eve
 transmitted features (``update``), with its own Adam; the encoder is penalised through z by how well it
 reconstructs (``leakage``). Its parameters are not model parameters: the model optimizer never sees them and the
 penalty does not accumulate gradients in them. Its optimizer state travels in checkpoints via extra_state.
+Under torchrun each rank steps on its rows of the global batch and the gradients are averaged over ranks (its batch
+norm is synchronised by the loop), so every rank holds the same attacker, the one a single process would train.
 """
 from __future__ import annotations
 
@@ -52,9 +54,12 @@ class SimulatedAttacker(nn.Module):
 
     def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """One Adam step of the attacker on (z, x), z detached; returns its MSE (detached)."""
+        from splitshield.train import distributed  # lazy: splitshield.train imports the defenses
+
         loss = F.mse_loss(self.decoder(z.detach().float()), x.float())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.decoder.parameters())  # no-op in one process
         self.optimizer.step()
         return loss.detach()
 
@@ -64,18 +69,22 @@ class SimulatedAttacker(nn.Module):
 
         Uses a copy of the edge in train mode (batch statistics, as in training, without touching the real BN
         running stats) and its own loader generator, so the run's batch order and augmentation are unchanged.
+        Under torchrun every rank loads the same global batches and trains on its rows r::N of each.
         """
+        from splitshield.train import distributed
+
         if epochs <= 0:
             return
+        rank, world = distributed.rank(), distributed.world_size()
         probe = copy.deepcopy(edge).train()
-        loader = DataLoader(data.train, batch_size=data.train_loader.batch_size, shuffle=True,
+        loader = DataLoader(data.train, batch_size=data.train_loader.batch_size * world, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         for epoch in range(epochs):
             total, n = 0.0, 0
             for i, (images, _) in enumerate(loader):
                 if max_steps is not None and i >= max_steps:
                     break
-                x = to_unit(images.to(device))
+                x = to_unit(images[rank::world].to(device))
                 with torch.no_grad():
                     z = transmit(probe(x))
                 total += float(self.step(z, x)) * len(x)

@@ -11,12 +11,15 @@ loop, on tensors already there, batched over classes with padding, warm-started,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
 Covariance = Literal["full", "diagonal", "isotropic"]
+# Sums a batch statistic over the processes of a data-parallel job (train/distributed.py ``global_sum``), so the
+# per-batch update sees the global batch; None: one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -154,32 +157,42 @@ def entropy_loss(weights: torch.Tensor, half_log_det: torch.Tensor) -> torch.Ten
 
 
 def batch_covariance(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, k: int,
-                     covariance: Covariance) -> tuple[torch.Tensor, torch.Tensor]:
+                     covariance: Covariance, reduce: Optional[Reduce] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Members n_j (k,) and DeltaSigma_j, the batch members' covariance around the stored mean mu_j (Eq. 6).
 
-    z (B, D) carries the gradient; means (k, D) are the fitted means (constants)."""
+    z (B, D) carries the gradient; means (k, D) are the fitted means (constants). With ``reduce``, the member
+    counts and sums of squared deviations are summed over processes before dividing (the global batch's values)."""
     n = torch.bincount(comp, minlength=k).to(z.dtype)
+    if reduce is not None:
+        n = reduce(n)
     xc = z - means[comp]  # (B, D)
     denom = n.clamp_min(1)
     if covariance != "full":
-        var = z.new_zeros(k, z.shape[1]).index_add(0, comp, xc * xc) / denom.unsqueeze(-1)  # (k, D)
+        squares = z.new_zeros(k, z.shape[1]).index_add(0, comp, xc * xc)
+        if reduce is not None:
+            squares = reduce(squares)
+        var = squares / denom.unsqueeze(-1)  # (k, D)
         return n, var if covariance == "diagonal" else var.mean(-1)
     xc = xc.double()  # float64 for the same reason as in ``moments``
     onehot = F.one_hot(comp, k).double()  # (B, k)
     weighted = onehot.t().unsqueeze(-1) * xc.unsqueeze(0)  # (k, B, D)
-    return n, (weighted.transpose(1, 2) @ xc.unsqueeze(0)) / denom[:, None, None].double()  # (k, D, D)
+    squares = weighted.transpose(1, 2) @ xc.unsqueeze(0)
+    if reduce is not None:
+        squares = reduce(squares)
+    return n, squares / denom[:, None, None].double()  # (k, D, D)
 
 
 def paper_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights: torch.Tensor,
-               cov: torch.Tensor, train_size: int, sigma2: float, covariance: Covariance, jitter: float = 1e-6
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               cov: torch.Tensor, train_size: int, sigma2: float, covariance: Covariance, jitter: float = 1e-6,
+               reduce: Optional[Reduce] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm 1, one batch: Eq. 5 (weights), Eq. 6 (covariances), Eq. 7 (L_C).
 
     Shapes are flat over components: means (k, D), weights (k,), cov (k, ...). Returns L_C (with gradient to z),
-    and the updated weights and covariances (detached, to store)."""
+    and the updated weights and covariances (detached, to store). ``reduce``: see ``batch_covariance``."""
     k, big_n = weights.shape[0], float(train_size)
-    n, delta = batch_covariance(z, comp, means, k, covariance)
-    new_w = (weights * (big_n - z.shape[0]) + n) / big_n  # Eq. 5 (>= n/N, so the rate below is <= 1)
+    n, delta = batch_covariance(z, comp, means, k, covariance, reduce)
+    batch = z.shape[0] if reduce is None else n.sum()  # every sample of the (global) batch is in one component
+    new_w = (weights * (big_n - batch) + n) / big_n  # Eq. 5 (>= n/N, so the rate below is <= 1)
     rate = torch.where(n > 0, n / (new_w * big_n).clamp_min(1e-12), torch.zeros_like(n))
     shape = (k,) + (1,) * (cov.dim() - 1)
     new_cov = (1 - rate).view(shape) * cov + rate.view(shape) * delta  # Eq. 6
@@ -188,14 +201,15 @@ def paper_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights
 
 
 def official_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, counts: torch.Tensor,
-                  var: torch.Tensor, num_classes: int, sigma2: float, gamma: float, tau: float) -> torch.Tensor:
+                  var: torch.Tensor, num_classes: int, sigma2: float, gamma: float, tau: float,
+                  reduce: Optional[Reduce] = None) -> torch.Tensor:
     """The authors' released loss, with the class lookup fixed (each class uses its own clusters' pi and v).
 
     Per cluster j of class c present in the batch: pi_j|c * relu(log(v_j + gamma) - log(tau sigma^2 + gamma)),
     v_j = a v_batch + (1 - a) v_stored, a = min(0.99, 10 n_j / (pi_j|c N_c)) = min(0.99, 10 n_j / size_j);
     summed over the class's clusters and averaged over the classes present. counts/var are flat (k,)."""
     k = counts.shape[0]
-    n, v_batch = batch_covariance(z, comp, means, k, "isotropic")  # mean squared distance over members and dims
+    n, v_batch = batch_covariance(z, comp, means, k, "isotropic", reduce)  # mean squared distance over members, dims
     a = torch.clamp(10 * n / counts.clamp_min(1), max=0.99)
     v = a * v_batch + (1 - a) * var
     per_class = counts.view(num_classes, -1)

@@ -10,6 +10,10 @@ training pass into a preallocated (N, D) buffer; ``on_epoch_end`` fits k compone
 k-means, one batched computation for all classes); the next epoch's batches apply Eq. 5-7 against that fit.
 Epoch 1 therefore trains without the CEM term (there is no fit yet; the released code is off in epoch 1 too).
 
+Data-parallel training (torchrun): every rank captures its own rows; the fit gathers all ranks' features in the
+single-process order, so every rank fits the same mixture, equal to one process's fit on the same features; the
+per-batch Eq. 5-6 statistics are summed over ranks, so the mixture state stays identical on all ranks.
+
 Args (``Config``): lam (lambda of Eq. 8; 0 is the identity), variant ("paper" = Eq. 5-7; "official" = the
 authors' released loss, see docs/cem.md), covariance (None = diagonal for paper, isotropic for official),
 components_per_class (None = 3 paper, 5 official), sigma (noise std used for Sigma_p when the stack adds none).
@@ -102,7 +106,10 @@ class CEM(Defense):
 
     def _capture(self, z: torch.Tensor, y: torch.Tensor) -> None:
         if self._feats is None or self._feats.shape[1] != z.shape[1] or self._feats.device != z.device:
-            size = max(self.env.train_size, z.shape[0])
+            from splitshield.train import distributed  # lazy: splitshield.train imports the defenses
+
+            shard = -(-self.env.train_size // distributed.world_size())  # this rank's rows of an epoch
+            size = max(shard, z.shape[0])
             self._feats = torch.empty(size, z.shape[1], device=z.device)
             self._labels = torch.empty(size, dtype=torch.long, device=z.device)
         take = min(z.shape[0], self._feats.shape[0] - self._cursor)  # guard: never write past the buffer
@@ -114,8 +121,15 @@ class CEM(Defense):
     def on_epoch_end(self, epoch: int) -> None:
         if self._cursor == 0 or self._feats is None:
             return
+        from splitshield.train import distributed
+
         # max_steps_per_epoch may stop early: fit on what was captured.
         feats, labels = self._feats[:self._cursor], self._labels[:self._cursor]  # type: ignore[index]
+        if distributed.world_size() > 1:
+            # All ranks' rows in the order one process would have captured them; rows from index train_size on
+            # are the sampler's padding (repeats of the epoch's first items) and are dropped.
+            feats = distributed.gather_interleaved(feats, limit=self.env.train_size)
+            labels = distributed.gather_interleaved(labels, limit=self.env.train_size)
         warm = self.means if self._ready and self.means.shape[-1] == feats.shape[1] else None
         gen = None
         if warm is None:  # own generator: CEM never draws from the global RNG (lam = 0 stays bit-exact)
@@ -138,17 +152,21 @@ class CEM(Defense):
         if z.shape[1] != self.means.shape[-1]:
             raise ConfigError(f"cem: features have {z.shape[1]} dims but the mixture was fitted on "
                               f"{self.means.shape[-1]}; retrain instead of resuming with a changed model")
+        from splitshield.train import distributed
+
+        # Under torchrun, batch statistics of the global batch (every rank then updates the same state).
+        reduce = distributed.global_sum if distributed.world_size() > 1 else None
         means = self.means.flatten(0, 1)  # (k, D)
         comp = mx.assign_batch(z, ctx.y, self.means)
         sigma2 = self.sigma() ** 2
         if self.cfg.variant == "official":
             loss = mx.official_step(z, comp, means, self.counts.flatten(), self.cov.flatten(),
-                                    self.env.num_classes, sigma2, self.cfg.gamma, self.cfg.tau)
+                                    self.env.num_classes, sigma2, self.cfg.gamma, self.cfg.tau, reduce)
             ctx.logs["cem/loss"] = loss.detach()
             return self.cfg.lam * mx.official_lambda_scale(ctx.lr) * loss
         shape = self.cov.shape
         loss, weights, cov = mx.paper_step(z, comp, means, self.weights.flatten(), self.cov.flatten(0, 1),
-                                           self.env.train_size, sigma2, self.cfg.mode, self.cfg.jitter)
+                                           self.env.train_size, sigma2, self.cfg.mode, self.cfg.jitter, reduce)
         with torch.no_grad():  # Algorithm 1 keeps the updated pi_j and Sigma_j for the following batches
             self.weights.copy_(weights.view_as(self.weights))
             self.cov.copy_(cov.view(shape))

@@ -44,7 +44,10 @@ def run_task(task: Task, attacks: Sequence[str], protocols: Sequence[str], audit
 
     started = time.perf_counter()
     try:
-        out = run_pipeline(task.cfg, task.run_dir, attacks=attacks, protocols=protocols, audit=audit)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # attacks and audit where the training ran
+        out = run_pipeline(task.cfg, task.run_dir, attacks=attacks, protocols=protocols, audit=audit, device=device)
     except (UserError, RuntimeError, ValueError, OSError) as exc:
         log.exception("task %s failed", task.label)
         return TaskResult(task, False, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")

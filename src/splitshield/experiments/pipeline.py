@@ -89,6 +89,11 @@ def run_lock(run_dir: str) -> Iterator[None]:
     grid commands may reach the same folder at once: the second waits, then finds the work done and reuses it.
     flock is released by the OS if the holder dies, so a crashed run never leaves a stale lock.
     """
+    from splitshield.train import distributed
+
+    if distributed.launched() and int(os.environ.get("RANK", "0")) != 0:
+        yield  # under torchrun all ranks work in one folder together; rank 0 holds the lock for the job
+        return
     try:
         import fcntl
     except ImportError:  # Windows: no flock; concurrent grids on one folder are then the user's to avoid
@@ -120,6 +125,10 @@ def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[st
     names = attack_names(cfg, attacks)
     seed = cfg.seed if attack_seed is None else attack_seed
     computed = ["train"] if ensure_trained(cfg, run_dir) else []
+    from splitshield.train import distributed
+
+    if not distributed.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
+        return PipelineResult(run_dir, {}, computed=computed)
     run = load_run(run_dir, device)
     records: dict[str, dict[str, Any]] = {}
     for name in names:

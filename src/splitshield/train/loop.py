@@ -1,4 +1,8 @@
-"""The one training loop. Read it top to bottom: build, (resume), then per epoch train -> evaluate -> log -> save."""
+"""The one training loop. Read it top to bottom: build, (resume), then per epoch train -> evaluate -> log -> save.
+
+Under torchrun the same loop runs in every process (train/distributed.py): each rank trains on its rows of the
+global batch through DistributedDataParallel, and only rank 0 writes the run folder.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from splitshield.config import ExperimentConfig
@@ -17,6 +22,7 @@ from splitshield.defenses import DefenseStack, StepContext
 from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
 from splitshield.runs import METRICS_FILE, append_jsonl, run_dir_for, save_config, write_result
+from splitshield.train import distributed
 from splitshield.train.build import build_components
 from splitshield.train.checkpoint import (CHECKPOINT, atomic_save, load_checkpoint, rng_state, seed_everything,
                                           set_rng_state)
@@ -45,14 +51,34 @@ def evaluate(model: SplitModel, defenses: DefenseStack, loader, device: torch.de
         logits = model.cloud(defenses.transform(model.edge(x)))
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
+    if distributed.world_size() > 1:  # each rank evaluated its rows of the test set
+        correct, total = (int(v) for v in distributed.all_sum(torch.tensor([correct, total], dtype=torch.float64)))
     model.train(was[0])
     defenses.train(was[1])
     return correct / max(total, 1)
 
 
+class SplitForward(nn.Module):
+    """One training forward pass, edge -> defense transforms -> cloud, as a module: the unit DDP wraps (DDP only
+    synchronises gradients of passes made through its own forward). Returns (blocks, z_hat, z, logits)."""
+
+    def __init__(self, model: SplitModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, defenses: DefenseStack
+                ) -> tuple[Optional[list[torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor]:
+        blocks = self.model.edge.blocks(x) if defenses.needs_blocks else None
+        z_hat = blocks[-1] if blocks is not None else self.model.edge(x)
+        z = defenses.transform(z_hat)
+        return blocks, z_hat, z, self.model.cloud(z)
+
+
 def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, epoch: int, step: int, cfg: ExperimentConfig,
-                device: torch.device) -> tuple[dict[str, float], int]:
+                device: torch.device, forward: Optional[nn.Module] = None) -> tuple[dict[str, float], int]:
+    """One epoch; ``forward`` is the DDP-wrapped ``SplitForward`` under torchrun (default: the plain pass)."""
+    forward = SplitForward(model) if forward is None else forward
     model.train()
     defenses.train()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
@@ -62,17 +88,14 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
     batches = data.train_loader
     limit = cfg.train.max_steps_per_epoch
     bar = tqdm(batches, total=min(len(batches), limit or len(batches)), desc=f"epoch {epoch + 1}",
-               disable=not cfg.train.progress, leave=False)
+               disable=not cfg.train.progress or not distributed.is_main(), leave=False)
     for i, (images, labels) in enumerate(bar):
         if limit is not None and i >= limit:
             break
         x = data.augment(to_unit(images.to(device, non_blocking=True)))
         y = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=use_amp):
-            blocks = model.edge.blocks(x) if defenses.needs_blocks else None
-            z_hat = blocks[-1] if blocks is not None else model.edge(x)
-            z = defenses.transform(z_hat)
-            logits = model.cloud(z)
+            blocks, z_hat, z, logits = forward(x, defenses)
             ctx = StepContext(x=x, y=y, z_hat=z_hat, z=z, logits=logits, model=model, epoch=epoch, step=step,
                               lr=lr, blocks=blocks)
             loss = defenses.task_loss(logits, y)
@@ -90,6 +113,11 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
         sums["correct"] += (logits.detach().argmax(1) == y).sum()
         for key, value in ctx.logs.items():
             sums[key] += value.float() * n
+    if distributed.world_size() > 1:  # every rank's share, so rank 0 logs the epoch of the whole job
+        keys = sorted(sums)
+        summed = distributed.all_sum(torch.stack([sums[k].double() for k in keys]
+                                                 + [torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        sums, seen = dict(zip(keys, summed[:-1])), int(summed[-1])
     # One host synchronisation per epoch, not per step.
     stats = {key: float(value) / max(seen, 1) for key, value in sums.items()}
     stats["train_accuracy"] = stats.pop("correct")
@@ -109,31 +137,56 @@ class TrainingSession:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    forward: Optional[nn.Module] = None  # DDP(SplitForward(model)) under torchrun; None: the plain pass
 
 
 def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None) -> TrainingSession:
-    """Seed, data, model + defenses on the device, optimizer, schedule and AMP scaler for ``cfg``."""
+    """Seed, data, model + defenses on the device, optimizer, schedule and AMP scaler for ``cfg``; under torchrun,
+    this rank's data shard, batch norm over all ranks and the model in DDP."""
     device = device or select_device(cfg.train.device)
+    rank, world = distributed.rank(), distributed.world_size()
     seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed, rank=rank, world=world)
     model, defenses = build_components(cfg, data.info, train_size=len(data.train))  # type: ignore[arg-type]
+    if world > 1:
+        # Statistics of the global batch, as one process computes them (per-rank batch norm would normalise each
+        # B/N slice on its own and the ranks' running statistics would drift apart).
+        distributed.sync_batchnorm(model, device)
+        distributed.sync_batchnorm(defenses, device)  # the simulated attacker's decoder
+        seed_everything(distributed.rank_seed(cfg.seed))  # after the shared-seed initialisation above
     model.to(device)
     defenses.to(device)
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = build_scheduler(cfg.train, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
-    return TrainingSession(cfg, device, data, model, defenses, optimizer, scheduler, scaler)
+    forward = distributed.wrap(SplitForward(model), device) if world > 1 else None
+    return TrainingSession(cfg, device, data, model, defenses, optimizer, scheduler, scaler, forward)
+
+
+def _own_rng_state(state: dict) -> Optional[dict]:
+    """This rank's RNG state from a checkpoint, or None (then seed afresh) if it was saved by another world size."""
+    ranks, world = state.get("rng_ranks"), distributed.world_size()
+    saved = len(ranks) if ranks is not None else 1
+    if saved == world:
+        return ranks[distributed.rank()] if ranks is not None else state["rng"]
+    log.warning("resuming a run trained by %d process(es) with %d: valid, but not bit-identical to an "
+                "uninterrupted run (each process has its own random stream)", saved, world)
+    return state["rng"] if world == 1 else None
 
 
 def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None) -> TrainResult:
-    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint."""
+    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint.
+
+    Under torchrun every process calls this; rank 0 alone writes the folder, the others return the same result."""
+    device = distributed.setup(cfg.train.device)  # joins torchrun's process group; alone, picks the device
+    main = distributed.is_main()
     run_dir = resume_dir or run_dir_for(cfg, out)
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     state = load_checkpoint(ckpt_path) if resume_dir else None
     if state is None and os.path.exists(ckpt_path):
         raise CheckpointError(f"{run_dir} already holds a trained run; use 'splitshield resume {run_dir}' or "
                               "choose another --out")
-    session = setup_training(cfg)
+    session = setup_training(cfg, device)
     device, data, model, defenses = session.device, session.data, session.model, session.defenses
     optimizer, scheduler, scaler = session.optimizer, session.scheduler, session.scaler
     start_epoch, step = 0, 0
@@ -144,12 +197,17 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         data.set_rng_state(state["data_rng"])
-        set_rng_state(state["rng"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        own = _own_rng_state(state)
+        if own is not None:
+            set_rng_state(own)
+        else:
+            seed_everything(distributed.rank_seed(cfg.seed + start_epoch))
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
     else:
-        os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, run_dir)
+        if main:
+            os.makedirs(run_dir, exist_ok=True)
+            save_config(cfg, run_dir)
         defenses.setup(model, data, device)
     log.info("run %s: %s on %s, features %s, device %s", run_dir, cfg.model.name, data.info.name,
              "x".join(map(str, model.feature_shape)), device)
@@ -158,24 +216,35 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         defenses.on_epoch_start(epoch)
-        stats, step = train_epoch(model, defenses, data, optimizer, scaler, epoch, step, cfg, device)
+        stats, step = train_epoch(model, defenses, data, optimizer, scaler, epoch, step, cfg, device,
+                                  session.forward)
         defenses.on_epoch_end(epoch)
         accuracy = evaluate(model, defenses, data.test_loader, device)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "test_accuracy": accuracy,
                   "epoch_seconds": time.perf_counter() - t0, **stats}
         scheduler.step()
+        # Each rank's own random streams, so a resumed job continues every rank where it stopped (a collective:
+        # all ranks take part, rank 0 writes).
+        rngs = distributed.all_gather_objects(rng_state())
+        if not main:
+            continue
         append_jsonl(os.path.join(run_dir, METRICS_FILE), record)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1fs)", epoch + 1, cfg.train.epochs,
                  stats["train_loss"], stats["train_accuracy"], accuracy, record["epoch_seconds"])
-        atomic_save({
+        checkpoint = {
             "epoch": epoch + 1, "step": step, "train_size": len(data.train),  # type: ignore[arg-type]
             "model": model.state_dict(), "defenses": defenses.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "data_rng": data.rng_state(), "test_accuracy": accuracy,
-        }, ckpt_path)
+            "rng": rngs[0], "data_rng": data.rng_state(), "test_accuracy": accuracy,
+        }
+        if len(rngs) > 1:
+            checkpoint["rng_ranks"] = rngs
+        atomic_save(checkpoint, ckpt_path)
     if state is not None and start_epoch >= cfg.train.epochs:
         accuracy = float(state["test_accuracy"])  # resumed a finished run: nothing left to do
     seconds = time.perf_counter() - started
-    write_result(run_dir, "train", {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
-                                    "feature_shape": list(model.feature_shape)})
+    if main:
+        write_result(run_dir, "train", {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
+                                        "feature_shape": list(model.feature_shape)})
+    distributed.barrier()  # every rank returns once the results are on disk
     return TrainResult(run_dir, cfg.train.epochs, accuracy, seconds)
