@@ -149,9 +149,10 @@ def batch_step_inputs() -> dict:
 
     g = torch.Generator().manual_seed(9)
     z, y = torch.rand(12, 6, generator=g, dtype=torch.float64), torch.arange(12) % 3
-    fit = mx.fit_mixture(torch.rand(60, 6, generator=g, dtype=torch.float64), torch.arange(60) % 3, 3, 2,
-                         "diagonal", 3, generator=g)
-    return {"z": z, "y": y, "fit": fit}
+    feats, labels = torch.rand(60, 6, generator=g, dtype=torch.float64), torch.arange(60) % 3
+    fit = mx.fit_mixture(feats, labels, 3, 2, "diagonal", 3, generator=g)
+    full = mx.fit_mixture(feats, labels, 3, 2, "full", 3, init_means=fit.means)
+    return {"z": z, "y": y, "fit": fit, "full": full}
 
 
 def cem_batch_steps(rows: slice, reduce) -> dict:  # noqa: ANN001
@@ -160,7 +161,7 @@ def cem_batch_steps(rows: slice, reduce) -> dict:  # noqa: ANN001
 
     b = batch_step_inputs()
     fit, out = b["fit"], {}
-    for variant in ("paper", "official"):
+    for variant in ("paper", "full", "official"):  # "full": the paper step with full covariances
         z = b["z"][rows].clone().requires_grad_(True)
         y = b["y"][rows]
         comp = mx.assign_batch(z, y, fit.means)
@@ -169,6 +170,11 @@ def cem_batch_steps(rows: slice, reduce) -> dict:  # noqa: ANN001
             loss, w, cov = mx.paper_step(z, comp, means, fit.weights.flatten(), fit.cov.flatten(0, 1), 60, 0.01,
                                          "diagonal", reduce=reduce)
             out.update(paper_w=w, paper_cov=cov)
+        elif variant == "full":
+            full = b["full"]
+            loss, w, cov = mx.paper_step(z, comp, means, full.weights.flatten(), full.cov.flatten(0, 1), 60, 0.01,
+                                         "full", reduce=reduce)
+            out.update(full_cov=cov)
         else:
             loss = mx.official_step(z, comp, means, fit.counts.flatten(), fit.cov.mean(-1).flatten(), 3, 0.01,
                                     0.01, 0.125, reduce=reduce)
@@ -263,9 +269,9 @@ def test_cem_batch_statistics_are_summed_over_ranks_with_the_single_process_grad
     whole = cem_batch_steps(slice(None), None)
     for r, rank in enumerate(ddp["ranks"]):
         got = rank["cem_steps"]
-        for key in ("paper_loss", "paper_w", "paper_cov", "official_loss"):
+        for key in ("paper_loss", "paper_w", "paper_cov", "full_loss", "full_cov", "official_loss"):
             torch.testing.assert_close(got[key], whole[key], rtol=0, atol=1e-12)
-        for variant in ("paper", "official"):  # this rank's rows; DDP divides the gradient by the 2 ranks
+        for variant in ("paper", "full", "official"):  # this rank's rows; DDP divides the gradient by the 2 ranks
             torch.testing.assert_close(got[f"{variant}_grad"] / 2, whole[f"{variant}_grad"][r::2], rtol=0, atol=1e-12)
 
 

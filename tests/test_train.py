@@ -149,3 +149,17 @@ def _write_many(db: str, raw: dict, worker: int) -> None:
     cfg = load_config(raw)
     for i in range(20):
         resultsdb.record(f"run-{worker}-{i}", "attack", cfg, {"mse": float(i)}, path=db)
+
+
+def test_a_penalty_that_collapses_training_is_warned_about(caplog) -> None:
+    from splitshield.train.loop import warn_if_collapsed
+
+    # epoch 4 of the 6-epoch CEM lambda = 16 run in docs/benchmarks.md: test accuracy at chance, penalty >> loss
+    collapsed = {"epoch": 4, "train_accuracy": 0.209, "test_accuracy": 0.1, "train_loss": 2.06,
+                 "penalty/cem": 5606.0}
+    with caplog.at_level("WARNING", logger="splitshield.train.loop"):
+        assert warn_if_collapsed(collapsed, 10)
+    assert "penalty/cem" in caplog.text and "chance" in caplog.text
+    assert not warn_if_collapsed(dict(collapsed, test_accuracy=0.85, train_accuracy=0.8), 10)  # healthy
+    assert not warn_if_collapsed({k: v for k, v in collapsed.items() if k != "penalty/cem"}, 10)  # no defense term
+    assert not warn_if_collapsed(dict(collapsed, **{"penalty/cem": 1.0}), 10)  # the task loss dominates

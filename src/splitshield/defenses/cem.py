@@ -39,7 +39,8 @@ _STATE = ("means", "weights", "cov", "counts")  # persistent mixture state, shap
 
 @dataclass
 class CEMConfig:
-    lam: float = 16.0  # lambda of Eq. 8
+    lam: float = 16.0  # lambda of Eq. 8: the paper's value; with Eq. 7 summed over D ~ 400 dims it collapses long
+    # trainings, 0.25-1 is the useful range there (docs/cem.md, "Choosing lambda")
     variant: Literal["paper", "official"] = "paper"
     covariance: Optional[Literal["full", "diagonal", "isotropic"]] = None  # None: diagonal (paper) / isotropic
     components_per_class: Optional[int] = None  # None: 3 (paper, k = 3n) / 5 (official, VGG setting)

@@ -125,6 +125,25 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
     return stats, step
 
 
+def warn_if_collapsed(record: dict[str, float], num_classes: int) -> bool:
+    """Warn once an epoch ends at chance training accuracy while a defense penalty outweighs the task loss.
+
+    Why: a penalty such as CEM's lambda * L_C (hundreds of nats at D = 392) can make a constant encoder the optimum;
+    training then keeps running and only the final accuracy shows it. True if it warned."""
+    penalties = {k: v for k, v in record.items() if k.startswith("penalty/")}
+    chance = 1.0 / max(num_classes, 1)
+    accuracy = min(record.get("train_accuracy", 1.0), record.get("test_accuracy", 1.0))
+    if not penalties or accuracy > 1.5 * chance:
+        return False
+    name, value = max(penalties.items(), key=lambda kv: kv[1])
+    if value <= record.get("train_loss", 0.0):
+        return False
+    log.warning("epoch %d: accuracy %.3f is at chance level (1/%d) and %s = %.4g outweighs the task loss %.3f; "
+                "the defense is collapsing the model: lower its weight (for CEM, e.g. lam: 1)",
+                int(record.get("epoch", 0)), accuracy, num_classes, name, value, record.get("train_loss", float("nan")))
+    return True
+
+
 @dataclass
 class TrainingSession:
     """Everything one training run steps through; built once by ``setup_training`` (train, resume, benchmarks)."""
@@ -231,6 +250,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         append_jsonl(os.path.join(run_dir, METRICS_FILE), record)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1fs)", epoch + 1, cfg.train.epochs,
                  stats["train_loss"], stats["train_accuracy"], accuracy, record["epoch_seconds"])
+        warn_if_collapsed(record, data.info.num_classes)
         checkpoint = {
             "epoch": epoch + 1, "step": step, "train_size": len(data.train),  # type: ignore[arg-type]
             "model": model.state_dict(), "defenses": defenses.state_dict(),
