@@ -37,6 +37,15 @@ def test_cem_gain_reports_per_arm_gain_and_reuses_stored_attacks(noise_yaml, tmp
     assert os.path.getmtime(tmp_path / "gain" / "paper-s0" / "checkpoint.pt") == stamp
 
 
+def test_cem_gain_without_a_paper_arm_names_the_arm_it_quotes(noise_yaml, tmp_path, capsys) -> None:
+    argv = [noise_yaml, "--arm", "official", "--seeds", "0", "--out", str(tmp_path / "gain")]
+    assert cem_gain(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = next(line for line in lines if line.startswith("official ") and "MSE gain" in line)
+    gain = summary.split("MSE gain ", 1)[1].split("%", 1)[0]
+    assert lines[-1] == f"mean decoder-MSE gain of CEM (official) over 1 seeds: {gain}%"
+
+
 def test_cem_overhead_prints_the_median_ratio_last(noise_yaml, capsys) -> None:
     assert cem_overhead([noise_yaml, "--epochs", "2"]) == 0
     line = last_line(capsys)
