@@ -32,20 +32,26 @@ class Mixture:
     counts: torch.Tensor  # (C, K) members per component (float)
 
 
+def pad_by_group(x: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) rows into a zero-padded (G, M, D) block by group, M the largest group, and each row's (N,) slot in its
+    group's block (stable order). One host synchronisation (M sizes the block)."""
+    counts = torch.bincount(groups, minlength=num_groups)
+    order = torch.argsort(groups, stable=True)
+    sorted_groups = groups[order]
+    pos = torch.arange(len(groups), device=x.device) - (torch.cumsum(counts, 0) - counts)[sorted_groups]
+    block = x.new_zeros(num_groups, max(int(counts.max()) if len(groups) else 0, 1), x.shape[1])
+    block[sorted_groups, pos] = x[order]
+    slot = torch.empty_like(pos)
+    slot[order] = pos
+    return block, slot
+
+
 def group_by_class(feats: torch.Tensor, labels: torch.Tensor, num_classes: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) features -> padded (C, M, D) per-class blocks and a (C, M) validity mask."""
-    n, d = feats.shape
-    counts = torch.bincount(labels, minlength=num_classes)
-    m = max(int(counts.max()), 1)  # the one host synchronisation of the fit (sizes the padded block)
-    order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each class
-    pos = torch.arange(n, device=feats.device) - starts[sorted_labels]
-    x = feats.new_zeros(num_classes, m, d)
-    mask = torch.zeros(num_classes, m, dtype=torch.bool, device=feats.device)
-    x[sorted_labels, pos] = feats[order]
-    mask[sorted_labels, pos] = True
+    x, slot = pad_by_group(feats, labels, num_classes)
+    mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=feats.device)
+    mask[labels, slot] = True
     return x, mask
 
 
@@ -202,20 +208,6 @@ def paper_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights
     return entropy_loss(new_w, half_log_det), new_w.detach(), new_cov.detach().to(cov.dtype)
 
 
-def _members(x: torch.Tensor, comp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, D) rows grouped by component into a zero-padded (k, m, D) block, m the largest local count, and the
-    (B,) slot of each row in it. One host synchronisation (m sizes the block)."""
-    counts = torch.bincount(comp, minlength=k)
-    order = torch.argsort(comp, stable=True)
-    sorted_comp = comp[order]
-    pos = torch.arange(len(comp), device=x.device) - (torch.cumsum(counts, 0) - counts)[sorted_comp]
-    block = x.new_zeros(k, max(int(counts.max()), 1), x.shape[1])
-    block[sorted_comp, pos] = x[order]
-    slot = torch.empty_like(pos)
-    slot[order] = pos
-    return block, slot
-
-
 def _full_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, cov: torch.Tensor,
                big_n: float, sigma2: float, jitter: float, reduce: Optional[Reduce]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -230,7 +222,7 @@ def _full_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights
     instead of k B D^2. Float64 for the reason given in ``moments``."""
     k = weights.shape[0]
     xc = z - means[comp]  # (B, D), carries the gradient
-    block, slot = _members(xc.detach().double(), comp, k)  # (k, m, D)
+    block, slot = pad_by_group(xc.detach().double(), comp, k)  # (k, m, D)
     scatter = block.transpose(1, 2) @ block  # (k, D, D): sum of x x^T over this process's members
     n = torch.bincount(comp, minlength=k).double()
     if reduce is not None:

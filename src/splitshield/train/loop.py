@@ -126,7 +126,7 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
 
 
 def warn_if_collapsed(record: dict[str, float], num_classes: int) -> bool:
-    """Warn once an epoch ends at chance training accuracy while a defense penalty outweighs the task loss.
+    """Warn when an epoch ends at chance accuracy (train or test) while a defense penalty outweighs the task loss.
 
     Why: a penalty such as CEM's lambda * L_C (hundreds of nats at D = 392) can make a constant encoder the optimum;
     training then keeps running and only the final accuracy shows it. True if it warned."""
