@@ -133,20 +133,24 @@ def test_results_database_is_safe_with_concurrent_writers(tiny_raw, tmp_path) ->
     from splitshield import resultsdb
 
     cfg = load_config(tiny_raw)
-    db = str(tmp_path / "c.sqlite")
-    procs = [mp.get_context("spawn").Process(target=_write_many, args=(db, cfg.to_dict(), i)) for i in range(3)]
+    db = str(tmp_path / "c.sqlite")  # does not exist yet: the workers race to create it and switch it to WAL
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_write_many, args=(db, cfg.to_dict(), i, start)) for i in range(4)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
     assert all(p.exitcode == 0 for p in procs)
-    assert len(resultsdb.query(db)) == 3 * 20
+    assert len(resultsdb.query(db)) == 4 * 20
 
 
-def _write_many(db: str, raw: dict, worker: int) -> None:
+def _write_many(db: str, raw: dict, worker: int, start=None) -> None:  # noqa: ANN001
     from splitshield import resultsdb
 
     cfg = load_config(raw)
+    if start is not None:
+        start.wait(60)  # every worker opens the fresh database at the same moment
     for i in range(20):
         resultsdb.record(f"run-{worker}-{i}", "attack", cfg, {"mse": float(i)}, path=db)
 

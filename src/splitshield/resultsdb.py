@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import time
@@ -46,11 +47,27 @@ def code_version() -> str:
 def connect(path: Optional[str] = None) -> sqlite3.Connection:
     path = path or db_path()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # autocommit: transactions are explicit
     conn.execute("PRAGMA busy_timeout=60000")
-    conn.execute(SCHEMA)
+    _retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+    _retry(lambda: conn.execute(SCHEMA))
     return conn
+
+
+def _retry(op: Any, attempts: int = 20) -> Any:
+    """Run ``op`` again when SQLite reports the database busy or locked.
+
+    Why: the busy timeout does not cover every case. Two processes creating the database at once, or the switch to
+    WAL mode, can fail at once with "database is locked" without waiting (SQLite returns BUSY without calling the
+    busy handler where waiting could deadlock), so parallel grid workers need their own backoff."""
+    for i in range(attempts):
+        try:
+            return op()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or i == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2 ** i, 2.0) * (0.5 + random.random()))
+    return None
 
 
 def record(run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any], path: Optional[str] = None) -> None:
@@ -58,8 +75,17 @@ def record(run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any], path: Opt
     row = (os.path.abspath(run_dir), kind, cfg.name, cfg.data.name, cfg.model.name,
            "+".join(d.name for d in cfg.defenses) or "none", cfg.seed, cfg.digest(), code_version(), time.time(),
            json.dumps(metrics, sort_keys=True, default=float))
-    with closing(connect(path)) as conn, conn:
-        conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+    def write() -> None:
+        with closing(connect(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock first: no read-to-write upgrade that can fail
+            try:
+                conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    _retry(write)
 
 
 def query(path: Optional[str] = None, **where: Any) -> list[dict[str, Any]]:
