@@ -22,10 +22,11 @@ from splitshield.runs import LoadedRun, load_run
 from splitshield.train import train
 
 # cut=1 keeps 8x8x8 features of the 1x16x16 images: enough information for a decoder to beat the mean image.
+# 3 epochs at lr 0.02: the victim is above chance in eval mode (0.54 on 4 classes), so attack results count.
 RAW = {"name": "tiny-attack", "seed": 0,
        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64, "augment": False},
        "model": {"name": "vgg11_bn", "cut": 1, "width": 0.125},
-       "train": {"epochs": 2, "lr": 0.05, "schedule": "constant", "progress": False},
+       "train": {"epochs": 3, "lr": 0.02, "schedule": "constant", "progress": False, "precision": "fp32"},
        "defenses": [{"name": "gaussian_noise", "sigma": 0.01}],
        "attacks": [{"name": "decoder", "epochs": 2, "blocks": 1, "channels": 16, "batch_size": 64}]}
 # Tiny budgets per attack for the behavioural tests (each a second or two).
@@ -78,21 +79,76 @@ def test_unknown_protocol_and_bad_params_are_config_errors(run_dir: str) -> None
         split_protocol("test", 10, 10)
     with pytest.raises(ConfigError, match="valid keys"):
         run_attack(run_dir, "decoder", "train", {"epochz": 1}, store=False)
-    with pytest.raises(ConfigError, match="valid: decoder, gan, rmle"):
+    with pytest.raises(ConfigError, match="valid: decoder, gan, knn, rmle"):
         run_attack(run_dir, "deconder", "train", store=False)
 
 
 def test_rmle_inverts_an_identity_encoder() -> None:
-    info = Synthetic.info
-    model = SplitModel(Edge(nn.Identity()), nn.Flatten(), SplitSpec(info.input_shape, info.input_shape, 4))
-    raw = {k: v for k, v in RAW.items() if k not in ("defenses", "attacks")}
-    run = LoadedRun("", load_config(raw), model, DefenseStack([]), info, 0, torch.device("cpu"))
+    run = _identity_run()
     result = run_attack(run, "rmle", "infer", {"steps": 300, "lr": 0.05, "tv_weight": 1e-3}, store=False)
     assert result["n"] == 13 and result["psnr"] > 30.0
 
 
+def _identity_run() -> LoadedRun:
+    info = Synthetic.info
+    model = SplitModel(Edge(nn.Identity()), nn.Flatten(), SplitSpec(info.input_shape, info.input_shape, 4))
+    raw = {k: v for k, v in RAW.items() if k not in ("defenses", "attacks")}
+    return LoadedRun("", load_config(raw), model, DefenseStack([]), info, 0, torch.device("cpu"))
+
+
+def test_knn_on_an_identity_encoder_recovers_the_images_exactly() -> None:
+    run = _identity_run()
+    images = (torch.rand(40, *run.info.input_shape, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    attack = ATTACKS.get("knn")(ATTACKS.get("knn").Config(k=1), run, image_shape=run.info.input_shape)
+    recon = attack.attack(images, images[:2], images[5:15])  # scored images are in the attacker's database
+    assert torch.equal(recon.mul(255).round().to(torch.uint8), images[5:15])
+    # k = 3: the mean of the image itself and its two nearest others, so no longer exact
+    three = ATTACKS.get("knn")(ATTACKS.get("knn").Config(k=3), run, image_shape=run.info.input_shape)
+    assert not torch.equal(three.attack(images, images[:2], images[5:15]), recon)
+
+
+def test_knn_runs_under_both_protocols_and_beats_the_mean_image(run_dir: str) -> None:
+    for protocol in ("train", "infer"):
+        result = run_attack(run_dir, "knn", protocol, {"k": 3}, store=False)
+        assert result["info"]["converged"] and result["learned"] and result["mse"] < result["baseline"]["mse"]
+
+
+def test_early_stopping_stops_on_a_plateau_and_keeps_the_best_epoch() -> None:
+    from splitshield.attacks._fitting import EarlyStopping
+
+    stop = EarlyStopping(patience=2, min_delta=0.01)
+    for value in (1.0, 0.5, 0.45, 0.449, 0.4485):  # 0.449 and 0.4485 improve by less than 1%
+        assert not stop.stop
+        stop.update(value)
+    assert stop.stop and stop.best == 0.4485 and stop.best_epoch == 5  # the lowest is kept, progress or not
+    assert stop.summary(10) | {"val_history": None} == {"val_mse": 0.4485, "best_epoch": 5, "epochs_run": 5,
+                                                         "max_epochs": 10, "converged": True, "val_history": None}
+    budget = EarlyStopping(patience=2)
+    for value in (1.0, 0.9, 0.8):
+        budget.update(value)
+    assert not budget.stop and not budget.summary(3)["converged"]  # still improving when the budget ran out
+
+
+def test_decoder_stops_early_and_keeps_its_best_epoch(run_dir: str) -> None:
+    params = {"epochs": 40, "blocks": 1, "channels": 32, "lr": 3e-3, "batch_size": 16, "patience": 2,
+              "min_delta": 0.02}
+    result = run_attack(run_dir, "decoder", "infer", params, store=False)
+    info = result["info"]
+    assert info["converged"] and info["epochs_run"] < 40
+    assert info["best_epoch"] == info["val_history"].index(min(info["val_history"])) + 1
+    assert info["val_mse"] == min(info["val_history"]) and result["status"] == "ok"
+
+
+def test_a_constant_decoder_is_marked_did_not_learn(run_dir: str, monkeypatch) -> None:
+    decoder = ATTACKS.get("decoder")
+    monkeypatch.setattr(decoder, "invert", lambda self, z: torch.zeros(len(z), *self.image_shape))
+    result = run_attack(run_dir, "decoder", "infer", TINY["decoder"], store=False)
+    assert result["mse"] > result["baseline"]["mse"]
+    assert not result["learned"] and not result["counts"] and result["status"] == "did not learn"
+
+
 def test_decoder_beats_the_mean_image_and_is_stored(run_dir: str) -> None:
-    params = {"epochs": 12, "blocks": 1, "channels": 32, "lr": 3e-3, "batch_size": 16}
+    params = {"epochs": 12, "blocks": 1, "channels": 32, "lr": 3e-3, "batch_size": 16, "patience": None}
     result = run_attack(run_dir, "decoder", "train", params)
     assert result["n"] == 128 and result["psnr"] > result["baseline"]["psnr"] + 3.0
     with open(os.path.join(run_dir, "results", "attack-decoder-train.json")) as fh:

@@ -85,7 +85,10 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [60, 120, 180])
     gamma: float = 0.2
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: bool = True  # mixed precision, used on CUDA only
+    # auto: float16 AMP on CUDA, bfloat16 autocast on CPUs with native bf16 (AVX-512 BF16/AMX), else float32
+    # (splitshield/precision.py; `splitshield bench train-speed` measures the modes); fp32 is the reference.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels-last with bf16/CUDA
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and benchmarks
 
@@ -127,8 +130,17 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before ``train.precision`` existed had ``train.amp`` (mixed precision on CUDA only)."""
+    train = raw.get("train")
+    if isinstance(train, dict) and "amp" in train:
+        amp = train.pop("amp")
+        train.setdefault("precision", "auto" if amp else "fp32")
+    return raw
+
+
 def load_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load a YAML path (or raw dict), apply ``--set`` overrides, validate everything."""
     raw = load_yaml(source) if isinstance(source, str) else json.loads(json.dumps(source))
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(_migrate(raw), overrides)
     return from_dict(ExperimentConfig, raw, "config")

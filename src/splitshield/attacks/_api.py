@@ -53,6 +53,25 @@ def mean_image_baseline(x_fit: torch.Tensor, x_score: torch.Tensor) -> dict[str,
     return reconstruction_metrics(mean.expand_as(target), target)
 
 
+def assess(record: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Whether an attack result counts as evidence (docs/attacks.md, "What counts").
+
+    - ``learned``: its MSE is below the mean-image baseline's (else it extracted nothing a constant guess lacks);
+    - ``converged``: a fitted attacker stopped on a validation plateau within its budget (attacks with nothing to
+      fit count as converged; None = a fixed budget without early stopping, unknown, not held against it);
+    - ``victim_at_chance``: the victim's accuracy is at most 1.5 / classes, so there is no model to defend;
+    - ``counts``: learned and converged on a victim above chance; tables and averages use only these, and mark the
+      rest "did not learn" / "not converged" / "victim at chance"."""
+    learned = float(record["mse"]) < float(record["baseline"]["mse"])
+    converged = record.get("info", {}).get("converged", True)
+    acc = record.get("victim_accuracy")
+    at_chance = acc is not None and float(acc) <= 1.5 / max(num_classes, 1)
+    status = ("victim at chance" if at_chance else "did not learn" if not learned else
+              "not converged" if converged is False else "ok")
+    return {"learned": learned, "converged": converged, "victim_at_chance": at_chance, "counts": status == "ok",
+            "status": status}
+
+
 def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Optional[dict[str, Any]] = None,
                seed: int = 0, *, store: bool = True, device: Optional[str] = None) -> dict[str, Any]:
     """Run attack ``name`` under ``protocol`` ("train" or "infer") against a trained run and score it.
@@ -97,6 +116,7 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
         **reconstruction_metrics(recon, target), "victim_accuracy": victim_accuracy(run),
         "baseline": mean_image_baseline(x_fit, x_score), "seconds": seconds, "info": attack.info,
     }
+    record.update(assess(record, int(run.info.num_classes)))
     if store and run.run_dir:
         key = f"attack-{name}-{protocol}"
         write_result(run.run_dir, key, record)
@@ -104,6 +124,6 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
         torch.save({"indices": split.score[:k], "original": x_score[:k],
                     "reconstruction": recon[:k].mul(255).round().to(torch.uint8)},
                    os.path.join(results_dir, f"{key}.recon.pt"))
-    log.info("attack %s (%s): mse %.5f  psnr %.2f dB  ssim %.4f  (%.1fs)", name, protocol, record["mse"],
-             record["psnr"], record["ssim"], seconds)
+    log.info("attack %s (%s): mse %.5f  psnr %.2f dB  ssim %.4f  (%.1fs) %s", name, protocol, record["mse"],
+             record["psnr"], record["ssim"], seconds, record["status"])
     return record

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Iterator, Literal, Optional
 
 import torch
 from torch import nn
 
 from splitshield.data import to_unit
+from splitshield.precision import Numerics, resolve
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class AttackConfig:
     score_size: Optional[int] = None  # cap on the scored images (a seeded prefix), None = all
     val_fraction: float = 0.05  # of the attacker's own images, held out for checkpoint selection
     batch_size: int = 256
+    # The attacker's own network (precision.py): auto = bfloat16 + channels-last on CPUs with native bf16, AMP on
+    # CUDA. The victim's edge always runs in float32, as deployed.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
 
 class Victim:
@@ -105,6 +110,8 @@ class Attack:
         self.artifacts = artifacts  # path prefix of attacker weights shared between attacks (decoder), or None
         self.save_artifacts = save_artifacts  # write them there (else only read)
         self.info: dict[str, Any] = {}  # attack-specific facts for the result record (epochs run, val MSE ...)
+        self.numerics: Numerics = resolve(cfg.precision, cfg.memory_format, self.device)
+        self._edge_cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
 
     # --- helpers for subclasses ---
     @torch.no_grad()
@@ -112,12 +119,44 @@ class Attack:
         """(B, C, H, W) in [0, 1] -> what leaves the device, (B, *feature_shape), defenses as deployed."""
         return self.victim.defenses.transform(self.victim.model.edge(x))
 
+    @torch.no_grad()
+    def edge_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The victim's edge outputs z_hat (N, *feature_shape) of uint8 images, on the attack device.
+
+        Computed once per image set and kept: the edge is deterministic in eval mode, so every epoch of a fitted
+        attacker only has to draw the defenses' random transforms (noise, dropout) afresh on these (``pairs``)."""
+        key = (images.data_ptr(), tuple(images.shape))
+        if key not in self._edge_cache:
+            edge = self.victim.model.edge
+            self._edge_cache[key] = torch.cat([edge(to_unit(images[i:i + 1024].to(self.device))).float()
+                                               for i in range(0, len(images), 1024)]) if len(images) else \
+                torch.empty(0, device=self.device)
+        return self._edge_cache[key]
+
     def batches(self, images: torch.Tensor, *, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
         """uint8 (N, C, H, W) -> float [0, 1] batches on the attack device."""
+        for x, _ in self._batches(images, None, shuffle, generator):
+            yield x
+
+    def pairs(self, images: torch.Tensor, *, shuffle: bool = False,
+              generator: Optional[torch.Generator] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x in [0, 1], transmitted z) batches: z is the defenses' transform of the cached edge output, drawn
+        afresh on every call (noise-aware: a new noise sample per pass, as the device would send)."""
+        return self._batches(images, self.edge_features(images), shuffle, generator)
+
+    def _batches(self, images: torch.Tensor, feats: Optional[torch.Tensor], shuffle: bool,
+                 generator: Optional[torch.Generator]) -> Iterator[tuple[torch.Tensor, Any]]:
         order = torch.randperm(len(images), generator=generator) if shuffle else torch.arange(len(images))
         for i in range(0, len(images), self.cfg.batch_size):
-            yield to_unit(images[order[i:i + self.cfg.batch_size]].to(self.device))
+            idx = order[i:i + self.cfg.batch_size]
+            x = to_unit(images[idx].to(self.device))
+            if feats is None:
+                yield x, None
+                continue
+            with torch.no_grad():
+                z = self.victim.defenses.transform(feats[idx.to(feats.device)])
+            yield x, z
 
     # --- the work ---
     def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
@@ -131,6 +170,7 @@ class Attack:
         with victim_guard(self.victim.model, self.victim.defenses):
             self.fit(x_fit, x_val)
             outputs = []
-            for x in self.batches(x_score):
-                outputs.append(self.invert(self.transmit(x)).detach().clamp(0, 1).cpu())
+            for _, z in self.pairs(x_score):
+                outputs.append(self.invert(z).detach().float().clamp(0, 1).cpu())
+            self._edge_cache.clear()
         return torch.cat(outputs)

@@ -1,17 +1,17 @@
 """GAN-based inversion (after Zhang et al., CVPR 2020): a WGAN-GP-refined decoder attack."""
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from splitshield.attacks import ATTACKS
+from splitshield.attacks._fitting import BestState, EarlyStopping
 from splitshield.attacks.base import Attack, AttackConfig
 from splitshield.attacks.decoder import fitted_decoder, validation_mse
 
@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GANConfig(AttackConfig):
-    epochs: int = 150
+    epochs: int = 150  # the maximum budget; stops earlier when the validation MSE plateaus (patience)
+    patience: Optional[int] = 4
+    min_delta: float = 2e-3
     critic_lr: float = 5e-3
     generator_lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -35,6 +37,7 @@ class GANConfig(AttackConfig):
     decoder_lr: float = 1e-3
     blocks: int = 8
     channels: int = 64
+    stem: Literal["conv", "dense"] = "conv"
 
 
 class Critic(nn.Module):
@@ -89,23 +92,28 @@ class GANAttack(Attack):
     def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
         cfg = self.cfg
         gen = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
-                                                  "blocks": cfg.blocks, "channels": cfg.channels},
+                                                  "blocks": cfg.blocks, "channels": cfg.channels, "stem": cfg.stem},
                              reuse=cfg.reuse_decoder)
         torch.manual_seed(self.seed + 1)  # critic initialisation, interpolation weights
         g = torch.Generator().manual_seed(self.seed + 1)
+        # The critic stays in float32: the gradient penalty differentiates through it twice (create_graph).
         critic = Critic(self.image_shape, cfg.critic_channels).to(self.device)
         critic(torch.zeros(1, *self.image_shape, device=self.device))  # materialise the lazy head
         opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=cfg.betas)
         opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
-        self.info["decoder_val_mse"] = validation_mse(self, gen, x_val)
-        best, best_state, history = float("inf"), None, []
+        val = list(self.pairs(x_val))
+        self.info["decoder_val_mse"] = validation_mse(self, gen, val)
+        stopper, best = EarlyStopping(cfg.patience, cfg.min_delta), BestState()
+        stopper.update(self.info["decoder_val_mse"])  # epoch 0: the decoder the GAN starts from
+        best.keep(gen)
         for epoch in range(cfg.epochs):
             t0, sums, step = time.perf_counter(), {"critic": 0.0, "adv": 0.0, "mse": 0.0}, 0
             gen.train()
-            for x in self.batches(x_fit, shuffle=True, generator=g):
-                z = self.transmit(x)
+            for x, z in self.pairs(x_fit, shuffle=True, generator=g):
+                z = self.numerics.tensor(z)
                 # Critic: Wasserstein estimate on real vs generated, plus the gradient penalty.
-                fake = gen(z).detach()
+                with torch.no_grad(), self.numerics.autocast():
+                    fake = gen(z)
                 loss_d = critic(fake).mean() - critic(x).mean() + cfg.gp_weight * gradient_penalty(critic, x, fake)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
@@ -115,7 +123,8 @@ class GANAttack(Attack):
                 if step % cfg.critic_steps:
                     continue
                 # Generator: fool the critic, stay close to the image (the MSE term dominates at weight 1500).
-                out = gen(z)
+                with self.numerics.autocast():
+                    out = gen(z)
                 adv, mse = -critic(out).mean(), F.mse_loss(out, x)
                 loss_g = adv + cfg.mse_weight * mse
                 opt_g.zero_grad(set_to_none=True)
@@ -123,21 +132,24 @@ class GANAttack(Attack):
                 opt_g.step()
                 sums["adv"] += float(adv.detach())
                 sums["mse"] += float(mse.detach())
-            val = validation_mse(self, gen, x_val)
-            history.append(val)
+            mse_val = validation_mse(self, gen, val)
+            if stopper.update(mse_val):
+                best.keep(gen)
             n_g = max(step // cfg.critic_steps, 1)
             log.info("gan epoch %d/%d  critic %.4f  adv %.4f  mse %.5f  val mse %.5f  (%.1fs)", epoch + 1,
-                     cfg.epochs, sums["critic"] / max(step, 1), sums["adv"] / n_g, sums["mse"] / n_g, val,
+                     cfg.epochs, sums["critic"] / max(step, 1), sums["adv"] / n_g, sums["mse"] / n_g, mse_val,
                      time.perf_counter() - t0)
-            if val < best:
-                best, best_state = val, copy.deepcopy(gen.state_dict())
-        if best_state is not None:
-            gen.load_state_dict(best_state)
+            if stopper.stop:
+                break
+        best.restore(gen)
         gen.eval()
         self.generator = gen
-        self.info.update(val_mse=best, best_epoch=history.index(best) + 1 if history else 0, val_history=history)
+        summary = stopper.summary(cfg.epochs)
+        summary.update(epochs_run=summary["epochs_run"] - 1, best_epoch=summary["best_epoch"] - 1)  # epoch 0
+        self.info.update(summary)
 
     @torch.no_grad()
     def invert(self, z: torch.Tensor) -> torch.Tensor:
         assert self.generator is not None, "fit() first"
-        return self.generator(z)
+        with self.numerics.autocast():
+            return self.generator(self.numerics.tensor(z))

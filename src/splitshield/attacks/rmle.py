@@ -29,6 +29,7 @@ class RMLEConfig(AttackConfig):
     decoder_lr: float = 1e-3
     blocks: int = 8
     channels: int = 64
+    stem: Literal["conv", "dense"] = "conv"
     batch_size: int = 512
 
 
@@ -69,14 +70,15 @@ class RMLEAttack(Attack):
         cfg = self.cfg
         if cfg.init == "decoder":
             self.decoder = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
-                                                               "blocks": cfg.blocks, "channels": cfg.channels},
+                                                               "blocks": cfg.blocks, "channels": cfg.channels,
+                                                               "stem": cfg.stem},
                                           reuse=cfg.reuse_decoder)
 
     def invert(self, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         if self.decoder is not None:
-            with torch.no_grad():
-                start = self.decoder(z)
+            with torch.no_grad(), self.numerics.autocast():
+                start = self.decoder(self.numerics.tensor(z)).float()
         else:
             start = torch.full((len(z), *self.image_shape), cfg.blank_value, device=z.device)
         x_hat = start.clone().requires_grad_(True)

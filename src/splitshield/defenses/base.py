@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from splitshield.data.loaders import DataBundle
     from splitshield.defenses.stack import DefenseStack
     from splitshield.models.base import SplitModel
+    from splitshield.precision import Numerics
 
 
 @dataclass
@@ -60,6 +61,9 @@ class StepContext:
     lr: float  # current learning rate of the model optimizer
     blocks: Optional[list[torch.Tensor]] = None  # edge block outputs, when a defense asked for them
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, averaged per epoch
+    # The run's autocast/layout (precision.py). Hooks run in float32 on float32 tensors; a defense that runs a
+    # network of its own (a simulated attacker) may enter ``numerics.autocast()`` around that network only.
+    numerics: Optional["Numerics"] = None
 
 
 class Defense(nn.Module):

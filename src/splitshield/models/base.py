@@ -27,6 +27,11 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def full(x: torch.Tensor) -> torch.Tensor:
+    """float32 for a reduced-precision (autocast) tensor; float32/float64 tensors as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class Bottleneck(nn.Module):
     """Conv to ``channels`` (no ReLU) then a sigmoid: the transmitted feature z_hat in [0, 1]."""
 
@@ -35,11 +40,18 @@ class Bottleneck(nn.Module):
         self.conv = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.conv(x))
+        return torch.sigmoid(full(self.conv(x)))
 
 
 class Edge(nn.Sequential):
-    """Normalize, then blocks, then the bottleneck. ``blocks(x)`` returns every block output (for BiDO, PATROL)."""
+    """Normalize, then blocks, then the bottleneck. ``blocks(x)`` returns every block output (for BiDO, PATROL).
+
+    The last output (what the defenses transform and the device sends) is always float32, also when the edge runs
+    under bfloat16/float16 autocast in training: noise, CEM's statistics and the wire format work on full-precision
+    features, as deployed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return full(super().forward(x))
 
     def blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
@@ -47,6 +59,7 @@ class Edge(nn.Sequential):
             x = module(x)
             if i > 0:  # skip the normalisation
                 outputs.append(x)
+        outputs[-1] = full(outputs[-1])
         return outputs
 
 

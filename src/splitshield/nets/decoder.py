@@ -1,9 +1,14 @@
 """The residual inversion decoder of the ResSFL/CEM papers ("res_normN{blocks}C{channels}").
 
-Maps a transmitted feature (C, h, w) back to an image (C_in, H, W) in [0, 1]: a 3x3 conv to ``channels``,
-``blocks`` residual blocks at that width, transposed convs (stride 2) until the spatial size reaches the image
-size, then a 3x3 conv and a sigmoid. With 8 blocks at 64 channels it has ~0.7M parameters, as in the papers.
-Used by the decoder/GAN attacks (8 blocks) and by attacker-aware training (ResSFL, 4 blocks).
+Maps a transmitted feature (C, h, w) back to an image (C_in, H, W) in [0, 1]: a stem to ``channels`` at the
+feature's spatial size, ``blocks`` residual blocks at that width, transposed convs (stride 2) until the spatial
+size reaches the image size, then a 3x3 conv and a sigmoid. With 8 blocks at 64 channels and the conv stem it has
+~0.7M parameters, as in the papers. Used by the decoder/GAN attacks and by attacker-aware training (ResSFL).
+
+Stems: ``conv`` (the papers': a 3x3 conv, local) or ``dense`` (a linear map from the whole flattened feature to
+every position of the first map, then BN + ReLU). The dense stem lets every output pixel draw on every feature
+coordinate from the first layer on, which the bottleneck's few channels make worth it: docs/attacks.md has the
+measured comparison.
 """
 from __future__ import annotations
 
@@ -26,14 +31,30 @@ class ResBlock(nn.Module):
         return torch.relu(x + self.body(x))
 
 
+class DenseStem(nn.Module):
+    """(B, C, h, w) -> (B, channels, h, w) through one linear map of the flattened feature."""
+
+    def __init__(self, feature_shape: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        c, h, w = feature_shape
+        self.shape = (channels, h, w)
+        self.linear = nn.Linear(c * h * w, channels * h * w)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z.flatten(1)).view(-1, *self.shape)
+
+
 class ResidualDecoder(nn.Module):
     def __init__(self, feature_shape: tuple[int, int, int], image_shape: tuple[int, int, int], *,
-                 blocks: int = 8, channels: int = 64) -> None:
+                 blocks: int = 8, channels: int = 64, stem: str = "conv") -> None:
         super().__init__()
         c, h, _ = feature_shape
         out_c, out_h, out_w = image_shape
         self.image_shape = image_shape
-        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(True)]
+        if stem not in ("conv", "dense"):
+            raise ValueError(f"unknown decoder stem {stem!r}; valid: conv, dense")
+        first = nn.Conv2d(c, channels, 3, padding=1) if stem == "conv" else DenseStem(feature_shape, channels)
+        layers: list[nn.Module] = [first, nn.BatchNorm2d(channels), nn.ReLU(True)]
         layers += [ResBlock(channels) for _ in range(blocks)]
         ups = max(0, math.ceil(math.log2(out_h / h))) if h < out_h else 0
         for _ in range(ups):
@@ -48,4 +69,4 @@ class ResidualDecoder(nn.Module):
             # e.g. 7 -> 28 needs exactly x4, but 12 -> 48 or 8 -> 32 too; odd ratios (7x7 from 28 with ceil
             # pooling) land within a pixel, so resize the last bit instead of cropping information away.
             x = F.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(x)
+        return torch.sigmoid(x.float())  # float32 out, also under autocast: the MSE is taken on it

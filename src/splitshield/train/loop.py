@@ -21,6 +21,7 @@ from splitshield.data import DataBundle, build_data, to_unit
 from splitshield.defenses import DefenseStack, StepContext
 from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
+from splitshield.precision import Numerics, full_precision, resolve
 from splitshield.runs import METRICS_FILE, append_jsonl, run_dir_for, save_config, write_result
 from splitshield.train import distributed
 from splitshield.train.build import build_components
@@ -74,16 +75,24 @@ class SplitForward(nn.Module):
         return blocks, z_hat, z, self.model.cloud(z)
 
 
+def numerics_for(cfg: ExperimentConfig, device: torch.device) -> Numerics:
+    return resolve(cfg.train.precision, cfg.train.memory_format, device)
+
+
 def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, epoch: int, step: int, cfg: ExperimentConfig,
                 device: torch.device, forward: Optional[nn.Module] = None) -> tuple[dict[str, float], int]:
-    """One epoch; ``forward`` is the DDP-wrapped ``SplitForward`` under torchrun (default: the plain pass)."""
+    """One epoch; ``forward`` is the DDP-wrapped ``SplitForward`` under torchrun (default: the plain pass).
+
+    The forward pass runs under the run's autocast (precision.py); the task loss and the defenses' penalties are
+    computed in float32 on float32 views of the step's tensors (sums of many small terms, kernels, log-determinants
+    lose too much in 8 mantissa bits). A defense that runs a network of its own may use ``ctx.numerics``."""
     forward = SplitForward(model) if forward is None else forward
+    numerics = numerics_for(cfg, device)
     model.train()
     defenses.train()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     seen = 0
-    use_amp = cfg.train.amp and device.type == "cuda"
     lr = optimizer.param_groups[0]["lr"]
     batches = data.train_loader
     limit = cfg.train.max_steps_per_epoch
@@ -92,13 +101,15 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
     for i, (images, labels) in enumerate(bar):
         if limit is not None and i >= limit:
             break
-        x = data.augment(to_unit(images.to(device, non_blocking=True)))
+        x = numerics.tensor(data.augment(to_unit(images.to(device, non_blocking=True))))
         y = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=use_amp):
+        with numerics.autocast():
             blocks, z_hat, z, logits = forward(x, defenses)
-            ctx = StepContext(x=x, y=y, z_hat=z_hat, z=z, logits=logits, model=model, epoch=epoch, step=step,
-                              lr=lr, blocks=blocks)
-            loss = defenses.task_loss(logits, y)
+        with full_precision(device.type):
+            ctx = StepContext(x=x, y=y, z_hat=z_hat.float(), z=z.float(), logits=logits.float(), model=model,
+                              epoch=epoch, step=step, lr=lr,
+                              blocks=None if blocks is None else [b.float() for b in blocks], numerics=numerics)
+            loss = defenses.task_loss(ctx.logits, y)
             penalty = defenses.penalties(ctx)
             total = loss if penalty is None else loss + penalty
         optimizer.zero_grad(set_to_none=True)
@@ -173,11 +184,12 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
         distributed.sync_batchnorm(model, device)
         distributed.sync_batchnorm(defenses, device)  # the simulated attacker's decoder
         seed_everything(distributed.rank_seed(cfg.seed))  # after the shared-seed initialisation above
-    model.to(device)
-    defenses.to(device)
+    numerics = numerics_for(cfg, device)
+    numerics.module(model.to(device))
+    numerics.module(defenses.to(device))
     optimizer = build_optimizer(cfg.train, model.parameters())
     scheduler = build_scheduler(cfg.train, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=numerics.scaled)
     forward = distributed.wrap(SplitForward(model), device) if world > 1 else None
     return TrainingSession(cfg, device, data, model, defenses, optimizer, scheduler, scaler, forward)
 
@@ -228,8 +240,8 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
             os.makedirs(run_dir, exist_ok=True)
             save_config(cfg, run_dir)
         defenses.setup(model, data, device)
-    log.info("run %s: %s on %s, features %s, device %s", run_dir, cfg.model.name, data.info.name,
-             "x".join(map(str, model.feature_shape)), device)
+    log.info("run %s: %s on %s, features %s, device %s, %s", run_dir, cfg.model.name, data.info.name,
+             "x".join(map(str, model.feature_shape)), device, numerics_for(cfg, device).name)
 
     accuracy, started = float("nan"), time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs):
