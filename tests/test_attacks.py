@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from splitshield.attacks import ATTACKS, run_attack
+from splitshield.attacks import ATTACKS
+from splitshield.evaluation.attacking import run_attack
 from splitshield.attacks._protocols import split_protocol
 from splitshield.attacks.base import Attack, victim_guard
 from splitshield.cli.main import main
@@ -18,7 +19,7 @@ from splitshield.data.synthetic import Synthetic
 from splitshield.defenses import DefenseStack
 from splitshield.errors import ConfigError
 from splitshield.models.base import Edge, SplitModel, SplitSpec
-from splitshield.runs import LoadedRun, load_run
+from splitshield.train.build import LoadedRun, load_run
 from splitshield.train import train
 
 # cut=1 keeps 8x8x8 features of the 1x16x16 images: enough information for a decoder to beat the mean image.

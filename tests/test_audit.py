@@ -13,7 +13,8 @@ from splitshield.config import load_config
 from splitshield.defenses import _mixture as mx
 from splitshield.data import build_data
 from splitshield.evaluation.entropy import audit, mixture_bounds, mse_lower_bound
-from splitshield.runs import load_run, read_results
+from splitshield.runs import read_results
+from splitshield.train.build import load_run
 from splitshield.train import train
 
 

@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 from splitshield.config import load_config
+from splitshield.resolve import load_experiment
 from splitshield.defenses import DEFENSES, DefenseEnv, DefenseStack, StepContext
 from splitshield.defenses import _mixture as mx
 from splitshield.defenses.cem import CEM, CEMConfig
@@ -232,7 +233,8 @@ def test_lambda_zero_reproduces_the_run_without_cem_bit_for_bit(tiny_raw, tmp_pa
     noise = {"name": "gaussian_noise", "sigma": 0.05}
     base = train(tiny(tiny_raw, [noise]), out=str(tmp_path / "base"))
     zero = train(tiny(tiny_raw, [noise, {"name": "cem", "lam": 0.0}]), out=str(tmp_path / "zero"))
-    on = train(tiny(tiny_raw, [noise, {"name": "cem", "lam": 16.0}]), out=str(tmp_path / "on"))
+    # separation 0: the tiny model's class means sit closer than D sigma^2, where the guard would switch CEM off
+    on = train(tiny(tiny_raw, [noise, {"name": "cem", "lam": 16.0, "separation": 0}]), out=str(tmp_path / "on"))
     a, b, c = state(base.run_dir), state(zero.run_dir), state(on.run_dir)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -246,16 +248,20 @@ def test_cem_gradient_reaches_only_the_encoder_and_uses_the_stack_noise() -> Non
     model = build_model(load_config({"model": {"width": 0.125}}).model, info)
     env = DefenseEnv(4, info.input_shape, model.feature_shape, 64, 2, 16, seed=0)
     noise = DEFENSES.get("gaussian_noise")(DEFENSES.get("gaussian_noise").Config(sigma=0.07), env)
-    cem = CEM(CEMConfig(lam=16.0), env)
+    cem = CEM(CEMConfig(lam=16.0, separation=0), env)
     stack = DefenseStack([noise, cem])
-    assert cem.sigma() == pytest.approx(0.07)
-    assert CEM(CEMConfig(sigma=0.03), env).sigma() == pytest.approx(0.03)  # no stack: configured fallback
+    assert cem.sigma2() == pytest.approx(0.07 ** 2) and cem.noise().variance == 0  # the stack's noise, none added
+    alone = CEM(CEMConfig(sigma=0.03), env)
+    DefenseStack([alone])
+    assert alone.sigma2() == pytest.approx(0.03 ** 2) and alone.noise().std == pytest.approx(0.03)  # adds its own
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(16, 1, 16, 16, generator=g), torch.arange(16) % 4
     cem.on_epoch_start(0)
     ctx = lambda: StepContext(x=x, y=y, z_hat=(zh := model.edge(x)), z=zh, logits=model.cloud(zh), model=model,
                               epoch=0, step=0, lr=0.05)
-    assert stack.penalties(ctx()) is None  # epoch 1: no fit yet
+    first = ctx()
+    stack.observe(first)  # the capture the fit needs
+    assert stack.penalties(first) is None  # epoch 1: no fit yet
     cem.on_epoch_end(0)
     model.zero_grad()
     penalty = stack.penalties(ctx())
@@ -269,7 +275,7 @@ def test_official_variant_trains_and_resume_restores_the_mixture_exactly(tiny_ra
     run = train(cfg, out=str(tmp_path / "o"))
     st = state(run.run_dir)["defenses"]
     assert st["members.0.means"].shape == (4, 5, 128) and st["members.0.cov"].shape == (4, 5)
-    from splitshield.runs import load_run
+    from splitshield.train.build import load_run
     loaded = load_run(run.run_dir)
     cem = loaded.defenses.members[0]
     assert cem._ready and torch.equal(cem.means, st["members.0.means"])
@@ -280,7 +286,7 @@ def test_official_variant_trains_and_resume_restores_the_mixture_exactly(tiny_ra
                                            ({"covariance": "spherical"}, "valid")])
 def test_bad_cem_settings_are_one_line_config_errors(tiny_raw, params, needle) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
-        load_config(dict(tiny_raw, defenses=[{"name": "cem", **params}]))
+        load_experiment(dict(tiny_raw, defenses=[{"name": "cem", **params}]))
     assert "\n" not in str(info.value)
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from splitshield.config import ExperimentConfig, load_config
 from splitshield.errors import ConfigError
+from splitshield.resolve import load_experiment
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -77,8 +78,9 @@ def test_bad_values_are_one_line_config_errors(tiny_raw: dict, override: str, fr
 
 def test_unknown_component_names_the_registry(tiny_raw: dict) -> None:
     tiny_raw["defenses"] = [{"name": "gausian_noise"}]
+    load_config(tiny_raw)  # the config layer knows no plugins: resolution names the registry
     with pytest.raises(ConfigError, match="unknown defense 'gausian_noise'; valid:"):
-        load_config(tiny_raw)
+        load_experiment(tiny_raw)
 
 
 def test_missing_and_malformed_files(tmp_path) -> None:

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from splitshield.config import load_config
+from splitshield.resolve import load_experiment
 from splitshield.data.loaders import make_source
 from splitshield.defenses import DEFENSES, Defense, DefenseEnv, DefenseStack, StepContext
 from splitshield.errors import ConfigError
 from splitshield.models import build_model
 from splitshield.models.base import Normalize
-from splitshield.runs import load_run
+from splitshield.train.build import load_run
 from splitshield.train import train
 from splitshield.train.checkpoint import CHECKPOINT, load_checkpoint
 
@@ -138,7 +139,7 @@ def test_bad_hyper_parameters_raise_one_line_config_errors() -> None:
                 {"name": "topk", "ratio": 1.5}, {"name": "laplace_noise", "epsilon": 0},
                 {"name": "bido", "measure": "mmd"}, {"name": "ressfl", "measure": "psnr"}):
         with pytest.raises(ConfigError) as err:
-            load_config({"data": {"name": "synthetic"}, "defenses": [raw]})
+            load_experiment({"data": {"name": "synthetic"}, "defenses": [raw]})
         assert "\n" not in str(err.value) and raw["name"] in str(err.value)
 
 

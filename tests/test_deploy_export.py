@@ -16,7 +16,8 @@ from splitshield.deploy.edge import EdgeEncoder, device_noise
 from splitshield.deploy.export import check_images, export_run, plan_transforms
 from splitshield.deploy.manifest import read_manifest, state_hash
 from splitshield.errors import UserError
-from splitshield.runs import load_run, read_results
+from splitshield.runs import read_results
+from splitshield.train.build import load_run
 from splitshield.train import train
 
 ENV = DefenseEnv(num_classes=4, input_shape=(1, 16, 16), feature_shape=(8, 4, 4), train_size=256, epochs=1,

@@ -19,7 +19,7 @@ from splitshield.deploy.edge import EdgeEncoder, device_noise
 from splitshield.deploy.export import check_images, export_run
 from splitshield.deploy.server import BackgroundServer, CloudModel, Limits, create_app
 from splitshield.errors import UserError
-from splitshield.runs import load_run
+from splitshield.train.build import load_run
 from splitshield.train import train
 
 TOKEN = "test-token-0123456789abcdef"

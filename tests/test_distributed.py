@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import faulthandler
 import os
+from types import SimpleNamespace
 import socket
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def scenario(name: str) -> tuple[dict, bool]:
         raw["data"]["train_size"] = 250
         raw["train"]["max_steps_per_epoch"] = None
         return raw, True
-    if name == "cem":  # the fit after epoch 1, then 2 steps with the CEM term
-        raw["defenses"] = [{"name": "cem", "lam": 16}]
+    if name == "cem":  # the fit after epoch 1, then 2 steps with the CEM term; no noise (ranks draw their own)
+        raw["defenses"] = [{"name": "cem", "lam": 16, "add_noise": False, "separation": 0}]
         raw["train"]["max_steps_per_epoch"] = 2
         return raw, True
     # resume: per-rank noise streams and the CEM mixture, interrupted in epoch 3 then resumed
@@ -80,7 +81,8 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                       LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo", SPLITSHIELD_RESULTS_DB=f"{tmp}/db.sqlite")
     torch.set_num_threads(1)
     import splitshield.train.loop as loop
-    from splitshield.train import distributed
+    from splitshield import parallel
+    from splitshield.train import distributed  # noqa: F401
 
     sessions = []
     real_setup = loop.setup_training
@@ -92,7 +94,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         cfg = load_config(raw)
         loop.train(cfg, out=f"{tmp}/{name}")
         out[name] = states(sessions[-1])
-        out["world"] = distributed.world_size()
+        out["world"] = parallel.world_size()
         if name == "resume":  # the same run, stopped at the start of epoch 3 on every rank, then resumed
             real_epoch, calls = loop.train_epoch, {"n": 0}
 
@@ -108,6 +110,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
             except KeyboardInterrupt:
                 pass
             loop.train_epoch = real_epoch
+            parallel.barrier()  # rank 0 may still be writing the last checkpoint when another rank gets here
             out["cut_epoch"] = load_checkpoint(f"{tmp}/cut/{CHECKPOINT}")["epoch"]
             loop.train(cfg, resume_dir=f"{tmp}/cut")
             out["resumed"] = states(sessions[-1])
@@ -137,7 +140,7 @@ def fit_epochs(cem, feats: torch.Tensor, labels: torch.Tensor, batch: int) -> li
     for epoch in range(2):
         cem.on_epoch_start(epoch)
         for s in range(0, len(feats), batch):
-            cem._capture(feats[s:s + batch], labels[s:s + batch])
+            cem.observe(SimpleNamespace(features=feats[s:s + batch], y=labels[s:s + batch]))
         cem.on_epoch_end(epoch)
         fits.append({k: v.clone() for k, v in cem.state_dict().items()})
     return fits
@@ -186,7 +189,8 @@ def cem_batch_steps(rows: slice, reduce) -> dict:  # noqa: ANN001
 def attacker_step(rows: slice, sync: bool) -> dict:
     """Gradients of one simulated-attacker step on ``rows`` of a fixed global batch of 8."""
     from splitshield.defenses._attacker import SimulatedAttacker
-    from splitshield.train import distributed
+    from splitshield import parallel
+    from splitshield.train import distributed  # noqa: F401
 
     attacker = SimulatedAttacker((2, 4, 4), (1, 16, 16), blocks=1, channels=8, lr=1e-3, seed=0)
     if sync:
@@ -199,15 +203,16 @@ def attacker_step(rows: slice, sync: bool) -> dict:
 
 def _units() -> dict:
     """Unit checks run inside the process group: CEM's gathered fit, its per-batch updates, the attacker."""
-    from splitshield.train import distributed
+    from splitshield import parallel
+    from splitshield.train import distributed  # noqa: F401
 
-    rank, world = distributed.rank(), distributed.world_size()
+    rank, world = parallel.rank(), parallel.world_size()
     feats, labels = cem_inputs()
     total = -(-len(feats) // world) * world
     padded = torch.cat([feats, feats[:total - len(feats)]]), torch.cat([labels, labels[:total - len(labels)]])
     rows = slice(rank, None, world)
     return {"cem_fits": fit_epochs(cem_defense(), padded[0][rows], padded[1][rows], batch=4),
-            "cem_steps": cem_batch_steps(rows, distributed.global_sum),
+            "cem_steps": cem_batch_steps(rows, parallel.global_sum),
             "attacker_grads": attacker_step(rows, sync=True)}
 
 

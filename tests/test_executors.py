@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from splitshield.experiments.executors import run_with_retries
-from splitshield.experiments.grid import Progress, TaskResult, execute, run_task
+from splitshield.experiments.grid import execute
+from splitshield.experiments.tasks import Progress, TaskResult, run_task
 from splitshield.experiments.spec import TableConfig, Task, load_grid, table_tasks
 from splitshield.experiments.tables import build_table, columns_for, to_markdown
 

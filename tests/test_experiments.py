@@ -12,7 +12,8 @@ import yaml
 
 from splitshield.cli.main import main
 from splitshield.errors import ConfigError
-from splitshield.experiments.grid import TaskResult, execute, load_stored
+from splitshield.experiments.grid import execute, load_stored
+from splitshield.experiments.tasks import TaskResult
 from splitshield.experiments.pipeline import ensure_trained, run_pipeline
 from splitshield.experiments.spec import SweepConfig, TableConfig, Task, load_grid, sweep_tasks, table_tasks
 from splitshield.experiments.tables import build_table, columns_for, to_csv, to_latex, to_markdown

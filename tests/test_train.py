@@ -10,7 +10,8 @@ import torch
 import splitshield.train.loop as loop
 from splitshield.config import load_config
 from splitshield.errors import CheckpointError
-from splitshield.runs import load_run, read_metrics
+from splitshield.runs import read_metrics
+from splitshield.train.build import load_run
 from splitshield.train import train
 from splitshield.train.checkpoint import CHECKPOINT, load_checkpoint
 

@@ -1,7 +1,13 @@
 """The experiment config: typed dataclasses with their defaults, loaded from YAML presets plus ``--set`` overrides.
 
-Defenses and attacks are lists of components (``{name: gaussian_noise, sigma: 0.025}``); each component's
-hyper-parameters are validated against that component's own ``Config`` dataclass through its registry.
+Defenses and attacks are lists of components (``{name: gaussian_noise, sigma: 0.025}``). This module knows no
+plugins: a component's hyper-parameters are validated against that component's own ``Config`` dataclass by its
+registry when the config is resolved (splitshield/resolve.py, which every entry point uses), so that the config
+layer sits below everything it configures.
+
+A YAML file may start from another: ``base: ../quick-fmnist.yaml`` (relative to the file) loads that file first and
+merges this one over it (mappings key by key, lists and values replaced), so presets name their base instead of
+copying it.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from splitshield.configtools import apply_overrides, from_dict, load_yaml, to_dict
+from splitshield.configtools import apply_overrides, from_dict, load_composed, to_dict
 from splitshield.errors import ConfigError
 
 
@@ -99,6 +105,11 @@ class TrainConfig:
             raise ConfigError(f"{path}.lr: must be positive, got {self.lr}")
 
 
+# Keys that do not change what a run computes (see ``ExperimentConfig.identity``).
+IDENTITY_EXCLUDED: tuple[str, ...] = ("name", "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
+                                      "train.device", "train.progress")
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
@@ -109,21 +120,28 @@ class ExperimentConfig:
     defenses: list[ComponentSpec] = field(default_factory=list)  # applied in order; bottleneck is in the model
     attacks: list[ComponentSpec] = field(default_factory=list)
 
-    def check(self, path: str) -> None:
-        # Component hyper-parameters are validated by their registries (typos name the valid keys).
-        from splitshield.components import validate_components
-
-        validate_components(self, path)
-
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same experiment: the config without its label and the knobs that change where
+        or how visibly it runs, not what it computes (name, data location, loader workers, device, progress bars,
+        evaluation batch size). Meaningful for a resolved config (every component with all its parameters)."""
+        view = self.to_dict()
+        for dotted in IDENTITY_EXCLUDED:
+            node = view
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node.pop(leaf, None)
+        return view
+
     def digest(self) -> str:
-        """Stable hash of the resolved config (identifies a run in result tables)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Stable hash of ``identity()``: the run's identity (run folder names, results database)."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
@@ -140,7 +158,15 @@ def _migrate(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(source: str | dict, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML path (or raw dict), apply ``--set`` overrides, validate everything."""
-    raw = load_yaml(source) if isinstance(source, str) else json.loads(json.dumps(source))
+    """Load a YAML path (its ``base:`` chain merged) or a raw dict, apply ``--set`` overrides and type-check it.
+
+    Components are checked by name and parameters only when resolved (``splitshield.resolve.load_experiment``)."""
+    if isinstance(source, str):
+        raw = load_composed(source)
+        if not raw:
+            raise ConfigError(f"{source} is empty; an experiment config needs at least its data, model and train "
+                              "sections (or base: PRESET.yaml), e.g. copy configs/quick-fmnist.yaml")
+    else:
+        raw = json.loads(json.dumps(source))
     raw = apply_overrides(_migrate(raw), overrides)
     return from_dict(ExperimentConfig, raw, "config")

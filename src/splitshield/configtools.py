@@ -7,6 +7,7 @@ a 100-line validator gives one-line messages that the CLI can print as they are.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -202,3 +203,35 @@ def load_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def merge(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merged key by key (recursively), anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return over
+
+
+def load_composed(path: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A YAML mapping with its ``base:`` chain resolved: ``base`` (a path relative to this file) is loaded first and
+    this file merged over it (see ``merge``). A missing base or a cycle is a one-line ConfigError."""
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfigError(f"{path}: base: chain loops back to itself ({' -> '.join(_seen + (real,))})")
+    raw = load_yaml(path)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must be a path to another YAML file, got {base!r}")
+    base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"{path}: base: {base} not found (paths are relative to {os.path.dirname(path) or '.'})")
+    return merge(load_composed(base_path, _seen + (real,)), raw)

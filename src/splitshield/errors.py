@@ -1,4 +1,8 @@
 """User-facing errors: the CLI turns these into one line on stderr and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -15,3 +19,10 @@ class DatasetNotFound(UserError, FileNotFoundError):
 
 class CheckpointError(UserError):
     """A checkpoint or run directory is missing, corrupt or incompatible."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the same convention for bad arguments: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

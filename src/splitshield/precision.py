@@ -74,7 +74,7 @@ class Numerics:
         return x
 
 
-def resolve(precision: str, memory_format: str, device: torch.device | str) -> Numerics:
+def resolve_numerics(precision: str, memory_format: str, device: torch.device | str) -> Numerics:
     """The numerics of ``precision`` / ``memory_format`` (config values) on ``device``."""
     device_type = torch.device(device).type
     dtype: torch.dtype | None

@@ -4,8 +4,9 @@ Unknown or duplicate names raise errors that list the valid names, as Opacus and
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
+from splitshield.configtools import from_dict
 from splitshield.errors import ConfigError
 
 T = TypeVar("T")
@@ -36,6 +37,15 @@ class Registry(Generic[T]):
             raise ConfigError(
                 f"unknown {self.family} {name!r}; valid: {', '.join(sorted(self._items))}"
             ) from None
+
+    def config_of(self, name: str, params: Mapping[str, Any], path: str) -> Any:
+        """The typed hyper-parameters of member ``name`` (its ``Config`` dataclass) from ``params``; an unknown name
+        or key is a ConfigError naming ``path`` and the valid names or keys."""
+        try:
+            cls = self.get(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return from_dict(cls.Config, dict(params), f"{path}[{name}]")  # type: ignore[attr-defined]
 
     def names(self) -> list[str]:
         return sorted(self._items)

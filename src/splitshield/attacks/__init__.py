@@ -1,5 +1,6 @@
 """Model-inversion attacks: a registry of attacks under one threat model. Every module in this package is
-imported, so a new attack only needs its own file."""
+imported, so a new attack only needs its own file. Running one against a stored run (protocol split, scoring,
+storing the result) is ``splitshield.evaluation.attacking.run_attack``."""
 import sys
 
 from splitshield.plugins import import_members
@@ -9,6 +10,4 @@ ATTACKS: Registry[type] = Registry("attack")
 
 import_members(sys.modules[__name__], skip=("base",))
 
-from splitshield.attacks._api import run_attack  # noqa: E402
-
-__all__ = ["ATTACKS", "run_attack"]
+__all__ = ["ATTACKS"]

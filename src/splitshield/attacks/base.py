@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from splitshield.data import to_unit
-from splitshield.precision import Numerics, resolve
+from splitshield.precision import Numerics, resolve_numerics
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Attack:
         self.artifacts = artifacts  # path prefix of attacker weights shared between attacks (decoder), or None
         self.save_artifacts = save_artifacts  # write them there (else only read)
         self.info: dict[str, Any] = {}  # attack-specific facts for the result record (epochs run, val MSE ...)
-        self.numerics: Numerics = resolve(cfg.precision, cfg.memory_format, self.device)
+        self.numerics: Numerics = resolve_numerics(cfg.precision, cfg.memory_format, self.device)
         self._edge_cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
 
     # --- helpers for subclasses ---

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
-from splitshield.config import load_config
+from splitshield.errors import OneLineParser
+from splitshield.resolve import load_experiment as load_config
 from splitshield.errors import UserError
 
 
@@ -34,9 +34,9 @@ def _arm_spec(text: str) -> dict[str, Any]:
 @BENCHMARKS.register("cem-gain")
 def cem_gain(argv: list[str]) -> int:
     """Decoder-attack MSE gain and accuracy change from adding CEM, over seeds."""
-    from splitshield.attacks._api import run_attack
+    from splitshield.evaluation.attacking import run_attack
     from splitshield.experiments.pipeline import ensure_trained, stored_attack
-    from splitshield.runs import load_run
+    from splitshield.train.build import load_run
 
     p = OneLineParser(prog="splitshield bench cem-gain", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config of the base defense (CEM entries are removed from it)")

@@ -18,11 +18,12 @@ import torch
 import yaml
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
-from splitshield.config import ExperimentConfig, load_config
+from splitshield.errors import OneLineParser
+from splitshield.config import ExperimentConfig
+from splitshield.resolve import load_experiment as load_config
 from splitshield.errors import UserError
 from splitshield.train.loop import TrainingSession, setup_training, train_epoch
-from splitshield.train.optim import select_device
+from splitshield.parallel import select_device
 
 @dataclass
 class _Arm:

@@ -8,7 +8,7 @@ import time
 import torch
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
+from splitshield.errors import OneLineParser
 
 
 @BENCHMARKS.register("cem-step")

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
+from splitshield.errors import OneLineParser
 
 BASE: dict[str, Any] = {
     "name": "bench-executors",

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
+from splitshield.errors import OneLineParser
 from splitshield.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from splitshield.bench import BENCHMARKS
-from splitshield.cli.main import OneLineParser
-from splitshield.config import ExperimentConfig, load_config
-from splitshield.precision import Numerics, resolve
+from splitshield.errors import OneLineParser
+from splitshield.config import ExperimentConfig
+from splitshield.resolve import load_experiment as load_config
+from splitshield.precision import Numerics, resolve_numerics
 
 MODES = (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last"))
 
@@ -47,12 +48,11 @@ def _train_rate(cfg: ExperimentConfig, precision: str, memory_format: str, steps
 def _attack_rate(cfg: ExperimentConfig, numerics: Numerics, feature_shape: tuple[int, ...],
                  image_shape: tuple[int, ...], steps: int) -> Any:
     from splitshield.attacks import ATTACKS
-    from splitshield.components import component_config
     from splitshield.config import ComponentSpec
     from splitshield.nets.decoder import ResidualDecoder
 
     spec = next((s for s in cfg.attacks if s.name == "decoder"), ComponentSpec("decoder"))
-    acfg = component_config(ATTACKS, spec, "attacks[decoder]")
+    acfg = ATTACKS.config_of(spec.name, spec.params, "attacks")
     torch.manual_seed(0)
     decoder = numerics.module(ResidualDecoder(feature_shape, image_shape, blocks=acfg.blocks,  # type: ignore
                                               channels=acfg.channels, stem=acfg.stem))
@@ -96,14 +96,14 @@ def train_speed(argv: list[str]) -> int:
     cfg = load_config(args.config, list(args.overrides))
     device = torch.device("cpu") if cfg.train.device in ("auto", "cpu") and not torch.cuda.is_available() else None
     print(f"threads {torch.get_num_threads()}, device {device or cfg.train.device}; default on this machine: "
-          f"{resolve('auto', 'auto', device or 'cpu').name}", flush=True)
+          f"{resolve_numerics('auto', 'auto', device or 'cpu').name}", flush=True)
     train_runs = {mode: _train_rate(cfg, *mode, args.steps) for mode in MODES}
     from splitshield.data import build_data
     from splitshield.train.build import build_components
 
     info = build_data(cfg.data, cfg.seed).info
     model, _ = build_components(cfg, info, train_size=1)
-    attack_runs = {mode: _attack_rate(cfg, resolve(*mode, "cpu"), model.feature_shape, info.input_shape,
+    attack_runs = {mode: _attack_rate(cfg, resolve_numerics(*mode, "cpu"), model.feature_shape, info.input_shape,
                                       max(args.steps // 3, 1)) for mode in MODES}
     rates: dict[tuple[str, str, str], list[float]] = {}
     for repeat in range(args.repeats + 1):  # repeat 0 warms up (oneDNN primitive creation, allocator)

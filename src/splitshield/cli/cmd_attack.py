@@ -7,9 +7,9 @@ from splitshield.attacks._protocols import PROTOCOLS
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from splitshield.attacks import run_attack
+    from splitshield.evaluation.attacking import run_attack
     from splitshield.configtools import apply_overrides
-    from splitshield.runs import load_run
+    from splitshield.train.build import load_run
 
     params = apply_overrides({}, args.overrides)
     run = load_run(args.run_dir, args.device)

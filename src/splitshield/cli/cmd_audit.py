@@ -12,7 +12,8 @@ def _audit(args: argparse.Namespace) -> int:
     from splitshield.data import build_data
     from splitshield.errors import UserError
     from splitshield.evaluation.entropy import audit
-    from splitshield.runs import load_run, write_result
+    from splitshield.runs import write_result
+    from splitshield.train.build import load_run
 
     if args.components_per_class < 1:
         raise UserError(f"--components-per-class must be >= 1, got {args.components_per_class}")

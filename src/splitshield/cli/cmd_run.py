@@ -11,17 +11,17 @@ def _run(args: argparse.Namespace) -> int:
     from splitshield.experiments.pipeline import attack_names, run_pipeline
     from splitshield.experiments.report import write_report
     from splitshield.experiments.spec import GridCommon, Task
-    from splitshield.runs import run_dir_for
+    from splitshield.resolve import run_dir_for
     from splitshield.cli.common import config_from_args
 
     cfg = config_from_args(args)
-    run_dir = run_dir_for(cfg, args.out)
+    run_dir = args.out or run_dir_for(cfg)
     names = attack_names(cfg, args.attack)  # validated before any training starts
     result = run_pipeline(cfg, run_dir, attacks=names, protocols=args.protocol or ["train"], audit=not args.no_audit,
                           device=args.device)
-    from splitshield.train import distributed
+    from splitshield import parallel
 
-    if not distributed.is_main():  # torchrun: rank 0 attacks, audits and reports
+    if not parallel.is_main():  # torchrun: rank 0 attacks, audits and reports
         return 0
     # The run folder gets the same manifest as a grid folder (one task, itself), so `report` treats both alike.
     grid = GridCommon(name=cfg.name, base=args.config, set=list(args.overrides), seeds=[cfg.seed], attacks=names,
@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train, attack, audit and report one config (resumable)")
     add_config_args(p)
-    p.add_argument("--out", help="run directory (default runs/<name>-<hash>-s<seed>)")
+    p.add_argument("--out", help="run directory (default runs/<dataset>-<model>-<defenses>-<hash>-s<seed>)")
     p.add_argument("--attack", action="append", metavar="NAME",
                    help="attack to run (repeatable; default: the config's attacks list, else decoder)")
     p.add_argument("--protocol", action="append", choices=("train", "infer"),

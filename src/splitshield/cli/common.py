@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from splitshield.config import ExperimentConfig, load_config
+from splitshield.config import ExperimentConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -14,13 +14,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    return load_config(args.config, args.overrides)
+    from splitshield.resolve import load_experiment
+
+    return load_experiment(args.config, args.overrides)
 
 
 def print_result(result) -> None:  # noqa: ANN001 - a splitshield.train.TrainResult
-    from splitshield.train import distributed
+    from splitshield import parallel
 
-    if not distributed.is_main():  # torchrun: one report per job
+    if not parallel.is_main():  # torchrun: one report per job
         return
     print(f"run: {result.run_dir}")
     print(f"test accuracy: {result.test_accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f}s)")

@@ -10,15 +10,10 @@ import importlib
 import logging
 import pkgutil
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Optional, Sequence
 
 from splitshield import __version__
-from splitshield.errors import UserError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from splitshield.errors import OneLineParser, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from splitshield import parallel
 from splitshield.data import to_unit
 from splitshield.nets.decoder import ResidualDecoder
 
@@ -54,12 +55,11 @@ class SimulatedAttacker(nn.Module):
 
     def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """One Adam step of the attacker on (z, x), z detached; returns its MSE (detached)."""
-        from splitshield.train import distributed  # lazy: splitshield.train imports the defenses
 
         loss = F.mse_loss(self.decoder(z.detach().float()), x.float())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(self.decoder.parameters())  # no-op in one process
+        parallel.average_gradients(self.decoder.parameters())  # no-op in one process
         self.optimizer.step()
         return loss.detach()
 
@@ -71,11 +71,10 @@ class SimulatedAttacker(nn.Module):
         running stats) and its own loader generator, so the run's batch order and augmentation are unchanged.
         Under torchrun every rank loads the same global batches and trains on its rows r::N of each.
         """
-        from splitshield.train import distributed
 
         if epochs <= 0:
             return
-        rank, world = distributed.rank(), distributed.world_size()
+        rank, world = parallel.rank(), parallel.world_size()
         probe = copy.deepcopy(edge).train()
         loader = DataLoader(data.train, batch_size=data.train_loader.batch_size * world, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))

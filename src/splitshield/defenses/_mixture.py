@@ -134,6 +134,18 @@ def fit_mixture(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, k: 
     return Mixture(means, counts / max(feats.shape[0], 1), cov, counts)
 
 
+def class_separation(means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """min ||mu_i - mu_j||^2 over pairs of non-empty components of *different* classes (means (C, K, D), counts
+    (C, K)): the quantity of the paper's Sec. 3.4 condition min ||mu_i - mu_j||^2 >> Tr(Sigma_p). Components of one
+    class may overlap freely (they share a label). A scalar tensor (inf with fewer than two classes present)."""
+    c, k, _ = means.shape
+    flat, valid = means.flatten(0, 1).double(), counts.flatten() > 0
+    d2 = torch.cdist(flat, flat).pow(2)  # (ck, ck)
+    label = torch.arange(c, device=means.device).repeat_interleave(k)
+    mask = (label[:, None] != label[None, :]) & valid[:, None] & valid[None, :]
+    return torch.where(mask, d2, torch.full_like(d2, float("inf"))).min()
+
+
 def assign_batch(z: torch.Tensor, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """Nearest component of the sample's own class: (B, D), (B,), (C, K, D) -> global index y*K + a, (B,)."""
     with torch.no_grad():

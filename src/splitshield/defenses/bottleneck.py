@@ -18,7 +18,7 @@ from typing import Optional
 
 from torch import nn
 
-from splitshield.defenses.base import DEFENSES, Defense
+from splitshield.defenses.base import DEFENSES, Defense, Stage
 from splitshield.errors import ConfigError
 from splitshield.models.base import Bottleneck, Edge, SplitModel, SplitSpec
 
@@ -51,6 +51,7 @@ def _swap_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 
 @DEFENSES.register("bottleneck")
 class BottleneckDefense(Defense):
+    stage = Stage.ARCHITECTURE
     @dataclass
     class Config:
         channels: Optional[int] = 8  # width of the transmitted feature; null keeps the model's bottleneck

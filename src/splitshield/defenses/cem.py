@@ -1,35 +1,54 @@
 """CEM: conditional entropy maximization (Xia et al., "Theoretical Insights in Model Inversion Robustness and
 Conditional Entropy Maximization for Collaborative Inference Systems", CVPR 2025, arXiv 2503.00383).
 
-Threat model: a white-box attacker inverts the transmitted feature z = z_hat + eps. CEM lowers L_C (Eq. 7), which
-raises the lower bound H(x) - L_C on H(x|z) (Eq. 3) and thereby Theorem 1's bound on any attacker's MSE.
-It composes with every other defense: ``defenses: [{name: gaussian_noise, sigma: 0.025}, {name: cem}]``.
+Threat model: a white-box attacker inverts the transmitted feature z = z_hat + eps. CEM lowers L_C (Eq. 7), an
+upper bound on I(x; z), which raises the lower bound H(x) - L_C on H(x|z) (Eq. 3) and thereby Theorem 1's bound on
+any attacker's MSE. It composes with every other defense: ``defenses: [{name: dropout}, {name: cem}]``.
 
-Algorithm 1 without the second pass over the data: the encoder outputs z_hat (detached) are captured during the
-training pass into a preallocated (N, D) buffer; ``on_epoch_end`` fits k components per class to them (warm-started
-k-means, one batched computation for all classes); the next epoch's batches apply Eq. 5-7 against that fit.
-Epoch 1 therefore trains without the CEM term (there is no fit yet; the released code is off in epoch 1 too).
+The noise the bound needs: Eq. 3 holds for z = z_hat + Gaussian noise. When the rest of the stack adds no noise,
+CEM adds N(0, sigma^2) to z itself (``transform``, on the device: training, attacks, export and serving all see it);
+with the stack's own noise, Sigma_p is that noise's variance (Laplace noise: see NoiseModel; the audit corrects the
+bound for its lower entropy). CEM models the value the noise is added to (the features after dropout/top-k).
+
+Algorithm 1 without the second pass over the data: the features are captured during the training pass
+(``observe``) into a preallocated (N, D) buffer; ``on_epoch_end`` fits k components per class to them (warm-started
+k-means, one batched computation for all classes); the next epoch's batches apply Eq. 5-7 against that fit. Epoch 1
+therefore trains without the CEM term (there is no fit yet; the released code is off in epoch 1 too). N in Eq. 5-6
+is the number of images an epoch really shows (the training set, or fewer with ``train.max_steps_per_epoch``), the
+same count the fitted weights are normalised by.
+
+The strength (docs/cem.md, "Choosing lambda"). Read literally, each step descends L_D + lambda (B/N) L_C(Eq. 7)
+with L_C summed over the D feature dimensions, so a given lambda pulls each sample's features 4-100x harder at one
+(D, N) than at another. ``scale: feature_dim`` (default) multiplies Eq. 7 by N / (B D): a constant within a run, so
+the optimum is still Eq. 8's, but ``lam`` is now the per-sample, per-dimension weight of the pull relative to the
+cross-entropy, the same at any data or feature size. ``input_dim`` divides by the input dimension d instead
+(lam L_C / d is -lam/2 log of Theorem 1's bound, up to a constant); ``literal`` is Eq. 8 as written (the paper's
+lambda = 16). The run's metrics log the literal lambda each step amounts to (``cem/lambda_literal``).
+
+Against collapse (both change the path, not the objective): ``warmup_epochs`` ramps lambda linearly from 0 once the
+term starts; ``separation`` scales it down when the closest components of different classes come within
+``separation`` x Tr(Sigma_p) = D sigma^2 of each other (squared distance), the paper's Sec. 3.4 condition for noise
+to hide the redundancy without hiding the class: at 1 x the weight is 0.
 
 Data-parallel training (torchrun): every rank captures its own rows; the fit gathers all ranks' features in the
-single-process order, so every rank fits the same mixture, equal to one process's fit on the same features; the
-per-batch Eq. 5-6 statistics are summed over ranks, so the mixture state stays identical on all ranks.
+single-process order, so every rank fits the same mixture; the per-batch Eq. 5-6 statistics are summed over ranks.
 
-Args (``Config``): lam (lambda of Eq. 8; 0 is the identity), variant ("paper" = Eq. 5-7; "official" = the
-authors' released loss, see docs/cem.md), covariance (None = diagonal for paper, isotropic for official),
-components_per_class (None = 3 paper, 5 official), sigma (noise std used for Sigma_p when the stack adds none).
-Shape: z_hat (B, C, H, W) is flattened to (B, D).
-Example: ``{name: cem, lam: 16}`` or ``{name: cem, variant: official}``.
+Args (``Config``): see ``CEMConfig``. Shape: features (B, C, H, W) are flattened to (B, D).
+Example: ``{name: cem}``, ``{name: cem, lam: 0.5}``, ``{name: cem, scale: literal, lam: 16}`` or
+``{name: cem, variant: official}``.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import torch
 
+from splitshield import parallel
 from splitshield.defenses import _mixture as mx
-from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, StepContext
+from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, NoiseModel, StepContext
 from splitshield.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,12 +58,15 @@ _STATE = ("means", "weights", "cov", "counts")  # persistent mixture state, shap
 
 @dataclass
 class CEMConfig:
-    lam: float = 16.0  # lambda of Eq. 8: the paper's value; with Eq. 7 summed over D ~ 400 dims it collapses long
-    # trainings, 0.25-1 is the useful range there (docs/cem.md, "Choosing lambda")
+    lam: float = 0.25  # strength; with scale feature_dim the per-sample, per-dimension weight (docs/cem.md)
+    scale: Literal["feature_dim", "input_dim", "literal"] = "feature_dim"  # literal: Eq. 8 as written
+    warmup_epochs: float = 1.0  # linear ramp of lam over this many epochs once the term starts (0: none)
+    separation: float = 4.0  # full lam while inter-class means are >= this x D sigma^2 apart; 0 disables
+    add_noise: bool = True  # add N(0, sigma^2) on the device when the rest of the stack adds no noise
+    sigma: float = 0.025  # that noise (the paper's default std); Sigma_p = sigma^2 I
     variant: Literal["paper", "official"] = "paper"
     covariance: Optional[Literal["full", "diagonal", "isotropic"]] = None  # None: diagonal (paper) / isotropic
     components_per_class: Optional[int] = None  # None: 3 (paper, k = 3n) / 5 (official, VGG setting)
-    sigma: float = 0.025  # Sigma_p = sigma^2 I when no other defense of the stack adds Gaussian noise
     kmeans_iters: int = 10  # Lloyd iterations per epoch, warm-started from the last fit (the release runs 50)
     jitter: float = 1e-6  # relative diagonal jitter of the full-covariance Cholesky factor
     gamma: float = 0.01  # official variant: hinge offset
@@ -55,6 +77,11 @@ class CEMConfig:
             raise ConfigError(f"{path}.lam: must be >= 0, got {self.lam}")
         if self.sigma <= 0:
             raise ConfigError(f"{path}.sigma: must be > 0 (Sigma_p = sigma^2 I), got {self.sigma}")
+        if self.warmup_epochs < 0 or self.separation < 0:
+            raise ConfigError(f"{path}: warmup_epochs and separation must be >= 0")
+        if 0 < self.separation <= 1:
+            raise ConfigError(f"{path}.separation: must be > 1 (or 0 to disable): at 1 x D sigma^2 the weight is "
+                              f"already 0, got {self.separation}")
         if self.components_per_class is not None and self.components_per_class < 1:
             raise ConfigError(f"{path}.components_per_class: must be >= 1, got {self.components_per_class}")
         if self.kmeans_iters < 1:
@@ -83,33 +110,47 @@ class CEM(Defense):
         for name in _STATE:
             self.register_buffer(name, torch.empty(0))
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))  # number of epoch fits so far
+        self.register_buffer("steps_active", torch.zeros((), dtype=torch.long))  # steps with the term on (warm-up)
+        self.register_buffer("guard", torch.ones((), dtype=torch.float64))  # separation factor of the last fit
         self._ready = False  # host mirror of fits > 0: no device sync per batch
+        self._guard = 1.0  # host mirror of guard
+        self._active = 0  # host mirror of steps_active
         self._feats: Optional[torch.Tensor] = None  # (N, D) capture buffer; not checkpointed (refilled each epoch)
         self._labels: Optional[torch.Tensor] = None
         self._cursor = 0
 
     @classmethod
     def identity_config(cls) -> CEMConfig:
-        return CEMConfig(lam=0.0)
+        return CEMConfig(lam=0.0, add_noise=False)
 
     def is_identity(self) -> bool:
-        return self.cfg.lam == 0
+        return self.cfg.lam == 0 and self.noise().variance == 0
 
-    def sigma(self) -> float:
-        """Std of the Gaussian noise on z (Sigma_p = sigma^2 I): the stack's, else the configured fallback."""
-        stack = self.stack
-        std = stack.noise_std() if stack is not None else 0.0
-        return std if std > 0 else self.cfg.sigma
+    # --- the noise of the bound ---
+    def noise(self) -> NoiseModel:
+        """CEM's own noise: N(0, sigma^2) when the rest of the stack adds none (and add_noise), else none."""
+        if self.cfg.add_noise and self.view.others_noise.variance == 0:
+            return NoiseModel.gaussian(self.cfg.sigma)
+        return NoiseModel()
+
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        std = self.noise().std
+        return z + std * torch.randn_like(z) if std > 0 else z
+
+    def sigma2(self) -> float:
+        """sigma^2 of Sigma_p: the variance of all the noise on z (the stack's and CEM's own); the configured sigma
+        when there is none at all (add_noise: false on a noise-free stack: the bound is then for that noise)."""
+        variance = (self.view.others_noise + self.noise()).variance
+        return variance if variance > 0 else self.cfg.sigma ** 2
 
     # --- capture during the training pass, fit at the end of the epoch ---
     def on_epoch_start(self, epoch: int) -> None:
         self._cursor = 0
 
-    def _capture(self, z: torch.Tensor, y: torch.Tensor) -> None:
+    def observe(self, ctx: StepContext) -> None:
+        z, y = ctx.features.detach().flatten(1).float(), ctx.y
         if self._feats is None or self._feats.shape[1] != z.shape[1] or self._feats.device != z.device:
-            from splitshield.train import distributed  # lazy: splitshield.train imports the defenses
-
-            shard = -(-self.env.train_size // distributed.world_size())  # this rank's rows of an epoch
+            shard = -(-self.env.epoch_size // parallel.world_size())  # this rank's rows of an epoch
             size = max(shard, z.shape[0])
             self._feats = torch.empty(size, z.shape[1], device=z.device)
             self._labels = torch.empty(size, dtype=torch.long, device=z.device)
@@ -122,15 +163,12 @@ class CEM(Defense):
     def on_epoch_end(self, epoch: int) -> None:
         if self._cursor == 0 or self._feats is None:
             return
-        from splitshield.train import distributed
-
-        # max_steps_per_epoch may stop early: fit on what was captured.
         feats, labels = self._feats[:self._cursor], self._labels[:self._cursor]  # type: ignore[index]
-        if distributed.world_size() > 1:
-            # All ranks' rows in the order one process would have captured them; rows from index train_size on
+        if parallel.world_size() > 1:
+            # All ranks' rows in the order one process would have captured them; rows from index epoch_size on
             # are the sampler's padding (repeats of the epoch's first items) and are dropped.
-            feats = distributed.gather_interleaved(feats, limit=self.env.train_size)
-            labels = distributed.gather_interleaved(labels, limit=self.env.train_size)
+            feats = parallel.gather_interleaved(feats, limit=self.env.epoch_size)
+            labels = parallel.gather_interleaved(labels, limit=self.env.epoch_size)
         warm = self.means if self._ready and self.means.shape[-1] == feats.shape[1] else None
         gen = None
         if warm is None:  # own generator: CEM never draws from the global RNG (lam = 0 stays bit-exact)
@@ -141,25 +179,42 @@ class CEM(Defense):
             setattr(self, name, getattr(fit, name).contiguous())
         self.fits += 1
         self._ready = True
-        log.debug("cem: fitted %d x %d components on %d features after epoch %d", self.env.num_classes,
-                  self.cfg.k, feats.shape[0], epoch + 1)
+        self.guard.fill_(self._separation_factor(fit.means, fit.counts, feats.shape[1]))
+        self._guard = float(self.guard)
+        log.debug("cem: fitted %d x %d components on %d features after epoch %d (guard %.3f)",
+                  self.env.num_classes, self.cfg.k, feats.shape[0], epoch + 1, self._guard)
+
+    def _separation_factor(self, means: torch.Tensor, counts: torch.Tensor, dim: int) -> float:
+        """1 while the closest inter-class means are >= separation x D sigma^2 apart, linearly down to 0 at 1 x."""
+        if self.cfg.separation == 0:
+            return 1.0
+        ratio = float(mx.class_separation(means, counts)) / (dim * self.sigma2())
+        return min(1.0, max(0.0, (ratio - 1.0) / (self.cfg.separation - 1.0)))
 
     # --- the per-batch term ---
+    def weight(self, batch: int, dim: int) -> float:
+        """The factor on this step's L_C: lam, its scale (feature_dim: N / (B D); input_dim: N / (B d)), the
+        warm-up ramp and the separation guard. Host arithmetic only (no device synchronisation)."""
+        cfg = self.cfg
+        unit = {"literal": 1.0, "feature_dim": self.env.epoch_size / (batch * dim),
+                "input_dim": self.env.epoch_size / (batch * math.prod(self.env.input_shape))}[cfg.scale]
+        steps_per_epoch = -(-self.env.epoch_size // self.env.batch_size)
+        ramp = 1.0 if cfg.warmup_epochs == 0 else min(1.0, (self._active + 1) / (cfg.warmup_epochs *
+                                                                                 steps_per_epoch))
+        return cfg.lam * unit * ramp * self._guard
+
     def penalty(self, ctx: StepContext) -> Optional[torch.Tensor]:
-        self._capture(ctx.z_hat.detach().flatten(1).float(), ctx.y)
         if self.cfg.lam == 0 or not self._ready:
             return None
-        z = ctx.z_hat.flatten(1).float()  # only z_hat: the gradient reaches the encoder, never the cloud
+        z = ctx.features.flatten(1).float()  # never z after noise, never the cloud: the gradient reaches the encoder
         if z.shape[1] != self.means.shape[-1]:
             raise ConfigError(f"cem: features have {z.shape[1]} dims but the mixture was fitted on "
                               f"{self.means.shape[-1]}; retrain instead of resuming with a changed model")
-        from splitshield.train import distributed
-
         # Under torchrun, batch statistics of the global batch (every rank then updates the same state).
-        reduce = distributed.global_sum if distributed.world_size() > 1 else None
+        reduce = parallel.global_sum if parallel.world_size() > 1 else None
         means = self.means.flatten(0, 1)  # (k, D)
         comp = mx.assign_batch(z, ctx.y, self.means)
-        sigma2 = self.sigma() ** 2
+        sigma2 = self.sigma2()
         if self.cfg.variant == "official":
             loss = mx.official_step(z, comp, means, self.counts.flatten(), self.cov.flatten(),
                                     self.env.num_classes, sigma2, self.cfg.gamma, self.cfg.tau, reduce)
@@ -167,12 +222,17 @@ class CEM(Defense):
             return self.cfg.lam * mx.official_lambda_scale(ctx.lr) * loss
         shape = self.cov.shape
         loss, weights, cov = mx.paper_step(z, comp, means, self.weights.flatten(), self.cov.flatten(0, 1),
-                                           self.env.train_size, sigma2, self.cfg.mode, self.cfg.jitter, reduce)
+                                           self.env.epoch_size, sigma2, self.cfg.mode, self.cfg.jitter, reduce)
         with torch.no_grad():  # Algorithm 1 keeps the updated pi_j and Sigma_j for the following batches
             self.weights.copy_(weights.view_as(self.weights))
             self.cov.copy_(cov.view(shape))
+        factor = self.weight(z.shape[0] * parallel.world_size(), z.shape[1])
+        self._active += 1
+        self.steps_active += 1  # the checkpointed copy (device op, no synchronisation)
         ctx.logs["cem/loss"] = loss.detach()
-        return self.cfg.lam * loss
+        ctx.logs["cem/lambda_literal"] = torch.tensor(factor, device=z.device)
+        ctx.logs["cem/guard"] = torch.tensor(self._guard, device=z.device)
+        return factor * loss
 
     # --- checkpoints: the mixture buffers take the shapes stored in the checkpoint ---
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -182,3 +242,5 @@ class CEM(Defense):
                 self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._ready = bool(self.fits.item() > 0)
+        self._guard = float(self.guard)
+        self._active = int(self.steps_active)

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from splitshield.defenses.base import DEFENSES, Defense
+from splitshield.defenses.base import DEFENSES, Defense, Stage
 from splitshield.errors import ConfigError
 
 
 @DEFENSES.register("dropout")
 class FeatureDropout(Defense):
+    stage = Stage.TRANSFORM
     @dataclass
     class Config:
         p: float = 0.5  # probability that one coordinate of z is zeroed

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from splitshield.defenses.base import DEFENSES, Defense
+from splitshield.defenses.base import DEFENSES, Defense, NoiseModel, Stage
 from splitshield.errors import ConfigError
 
 
@@ -38,6 +38,8 @@ def _check_epsilon(epsilon: Optional[float], sensitivity: float, path: str) -> N
 @DEFENSES.register("gaussian_noise")
 class GaussianNoise(Defense):
     """z = z_hat + N(0, sigma^2 I). Shape: any; the noise has the feature's shape, dtype and device."""
+
+    stage = Stage.NOISE
 
     @dataclass
     class Config:
@@ -69,13 +71,15 @@ class GaussianNoise(Defense):
         sigma = self.effective_sigma()
         return z if sigma == 0.0 else z + sigma * torch.randn_like(z)
 
-    def noise_std(self) -> float:
-        return self.effective_sigma()
+    def noise(self) -> NoiseModel:
+        return NoiseModel.gaussian(self.effective_sigma())
 
 
 @DEFENSES.register("laplace_noise")
 class LaplaceNoise(Defense):
     """z = z_hat + Laplace(0, b) per coordinate; b = scale, or sensitivity / epsilon."""
+
+    stage = Stage.NOISE
 
     @dataclass
     class Config:
@@ -106,6 +110,7 @@ class LaplaceNoise(Defense):
         u = torch.rand_like(z) - 0.5
         return z - b * u.sign() * torch.log1p(-2 * u.abs())
 
-    def noise_std(self) -> float:
-        """The Gaussian std with the same variance (2 b^2), which is what CEM's bound uses."""
-        return self.effective_scale() * math.sqrt(2.0)
+    def noise(self) -> NoiseModel:
+        """Variance 2 b^2 (what CEM's Sigma_p uses) and the Laplace entropy power, lower than a Gaussian's of the
+        same variance: the audit's bound on I(x; z) adds the difference (NoiseModel.entropy_gap)."""
+        return NoiseModel.laplace(self.effective_scale())

@@ -8,8 +8,9 @@ Lipschitz regulariser, and adversarial reconstruction training.
 2. Local Lipschitz regulariser: ``lipschitz * sum_i k_i`` over the edge blocks, with
    k_i = mean_batch ||f_i(h + d) - f_i(h)|| / ||d||, d ~ N(0, lipschitz_sigma^2 I), h the block's input
    (detached: the estimate is local to the current point and regularises block i's own weights).
-3. Adversarial reconstruction: a simulated decoder attacker trained alongside (as in ResSFL), the encoder
-   penalised by ``-adv_weight * MSE`` (``measure: mse``, the paper's form) or the SSIM-threshold term.
+3. Adversarial reconstruction: a ResSFL defense composed inside (its simulated decoder attacker trained
+   alongside), the encoder penalised by ``-adv_weight * MSE`` (``measure: mse``, the paper's form) or the
+   SSIM-threshold term.
 
 Where this differs: PATROL prunes a *trained* deeper edge by a privacy-oriented channel importance and
 fine-tunes; the CEM authors' version omits the Lipschitz term and applies 5% Taylor pruning with ResSFL-style
@@ -31,8 +32,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from splitshield.defenses._attacker import Measure, SimulatedAttacker
-from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, StepContext
+from splitshield.defenses._attacker import Measure
+from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, Stage, StackView, StepContext
+from splitshield.defenses.ressfl import ResSFL
 from splitshield.errors import ConfigError
 from splitshield.models.base import Bottleneck, Edge, SplitModel, SplitSpec, conv_bn_relu
 
@@ -117,6 +119,7 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
 
 @DEFENSES.register("patrol")
 class Patrol(Defense):
+    stage = Stage.ARCHITECTURE
     @dataclass
     class Config:
         extra_layers: int = 2  # conv blocks added to the edge before pruning
@@ -140,7 +143,13 @@ class Patrol(Defense):
 
     def __init__(self, cfg: Any, env: DefenseEnv) -> None:
         super().__init__(cfg, env)
-        self.attacker: Optional[SimulatedAttacker] = None
+        # The adversarial term is ResSFL's attacker-aware training, composed (PATROL keeps the feature shape).
+        self.adversary: Optional[ResSFL] = None
+        if cfg.adv_weight > 0:
+            self.adversary = ResSFL(ResSFL.Config(alpha=cfg.adv_weight, measure=cfg.measure, tau=cfg.tau,
+                                                  pretrain_epochs=cfg.pretrain_epochs,
+                                                  pretrain_max_steps=cfg.pretrain_max_steps, lr=cfg.lr,
+                                                  blocks=cfg.blocks, channels=cfg.channels), env, seed_offset=202)
 
     @property
     def needs_blocks(self) -> bool:  # type: ignore[override]
@@ -162,16 +171,16 @@ class Patrol(Defense):
                 edge = deeper_edge(model.edge, self.cfg.extra_layers, keep)
             spec = SplitSpec(model.spec.input_shape, tuple(model.spec.feature_shape), model.spec.num_classes)
             model = SplitModel(edge, model.cloud, spec)
-        if self.cfg.adv_weight > 0:
-            self.attacker = SimulatedAttacker(model.feature_shape, self.env.input_shape, blocks=self.cfg.blocks,
-                                              channels=self.cfg.channels, lr=self.cfg.lr, seed=self.env.seed + 202)
         return model
 
+    def bind(self, view: StackView) -> None:
+        super().bind(view)
+        if self.adversary is not None:
+            self.adversary.bind(view)
+
     def setup(self, model: SplitModel, data: Any, device: torch.device) -> None:
-        if self.attacker is not None:
-            self.attacker.pretrain(model.edge, self.transmitted, data, device,
-                                   epochs=self.cfg.pretrain_epochs, max_steps=self.cfg.pretrain_max_steps,
-                                   seed=self.env.seed + 203)
+        if self.adversary is not None:
+            self.adversary.setup(model, data, device)
 
     def _lipschitz(self, ctx: StepContext) -> torch.Tensor:
         edge, blocks = ctx.model.edge, ctx.blocks
@@ -194,12 +203,12 @@ class Patrol(Defense):
             k = self._lipschitz(ctx)
             ctx.logs["patrol/lipschitz"] = k.detach()
             terms.append(self.cfg.lipschitz * k)
-        if self.attacker is not None:
-            term, score = self.attacker.leakage(ctx.z, ctx.x, self.cfg.measure, self.cfg.tau)
-            ctx.logs[f"patrol/{self.cfg.measure}"] = score
-            terms.append(self.cfg.adv_weight * term)
+        if self.adversary is not None:
+            term = self.adversary.penalty(ctx)  # logs ressfl/<measure>
+            if term is not None:
+                terms.append(term)
         return sum(terms[1:], terms[0]) if terms else None
 
     def update(self, ctx: StepContext) -> None:
-        if self.attacker is not None:
-            ctx.logs["patrol/attacker_mse"] = self.attacker.step(ctx.z, ctx.x)
+        if self.adversary is not None:
+            self.adversary.update(ctx)  # logs ressfl/attacker_mse

@@ -7,8 +7,9 @@ Adam after every model step on that step's transmitted features. The encoder is 
 11x11 Gaussian window) or ``-alpha * MSE(dec(z), x)`` (``measure: mse``). Noise_ARL is
 ``[{name: gaussian_noise}, {name: ressfl}]``: the attacker then sees the noisy z, as a deployed attacker would.
 
-Order: the decoder is built in ``adapt_model`` for the feature shape the model has at that point, so list
-architecture-changing defenses (patrol, siftfunnel, bottleneck) before ressfl.
+The decoder is built for the transmitted feature shape of the defense's position in the stack (an objective
+defense: architecture-changing defenses come first, so it is the final shape). PATROL composes this defense for its
+adversarial-reconstruction term.
 
 Example::
 
@@ -46,9 +47,13 @@ class ResSFL(Defense):
             if self.pretrain_epochs < 0 or self.blocks < 0 or self.channels <= 0 or self.lr <= 0:
                 raise ConfigError(f"{path}: pretrain_epochs and blocks must be >= 0, channels and lr positive")
 
-    def __init__(self, cfg: Any, env: DefenseEnv) -> None:
+    def __init__(self, cfg: Any, env: DefenseEnv, *, seed_offset: int = 101) -> None:
         super().__init__(cfg, env)
         self.attacker: Optional[SimulatedAttacker] = None
+        if not self.is_identity():
+            self.attacker = SimulatedAttacker(env.feature_shape, env.input_shape, blocks=cfg.blocks,
+                                              channels=cfg.channels, lr=cfg.lr, seed=env.seed + seed_offset)
+        self._seed = env.seed + seed_offset + 1
 
     @classmethod
     def identity_config(cls) -> "ResSFL.Config":
@@ -57,17 +62,11 @@ class ResSFL(Defense):
     def is_identity(self) -> bool:
         return self.cfg.alpha == 0.0
 
-    def adapt_model(self, model: SplitModel) -> SplitModel:
-        if not self.is_identity():
-            self.attacker = SimulatedAttacker(model.feature_shape, self.env.input_shape, blocks=self.cfg.blocks,
-                                              channels=self.cfg.channels, lr=self.cfg.lr, seed=self.env.seed + 101)
-        return model
-
     def setup(self, model: SplitModel, data: Any, device: torch.device) -> None:
         if self.attacker is not None:
-            self.attacker.pretrain(model.edge, self.transmitted, data, device,
+            self.attacker.pretrain(model.edge, self.view.transmit, data, device,
                                    epochs=self.cfg.pretrain_epochs, max_steps=self.cfg.pretrain_max_steps,
-                                   seed=self.env.seed + 102)
+                                   seed=self._seed)
 
     def penalty(self, ctx: StepContext) -> Optional[torch.Tensor]:
         if self.attacker is None:

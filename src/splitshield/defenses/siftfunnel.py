@@ -30,7 +30,7 @@ from torch import nn
 
 from splitshield.defenses._attention import CBAM, SE, TripletAttention
 from splitshield.defenses._dependence import distance_correlation_sq
-from splitshield.defenses.base import DEFENSES, Defense, StepContext
+from splitshield.defenses.base import DEFENSES, Defense, Stage, StepContext
 from splitshield.errors import ConfigError
 from splitshield.models.base import Bottleneck, Edge, SplitModel, SplitSpec, conv_bn_relu
 
@@ -83,6 +83,7 @@ def channel_correlation_sq(z: torch.Tensor) -> torch.Tensor:
 
 @DEFENSES.register("siftfunnel")
 class SiftFunnel(Defense):
+    stage = Stage.ARCHITECTURE
     @dataclass
     class Config:
         funnel: bool = True  # replace the bottleneck by the funnel edge and add the cloud's up module

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from splitshield.defenses.base import DEFENSES, Defense
+from splitshield.defenses.base import DEFENSES, Defense, Stage
 from splitshield.errors import ConfigError
 
 
 @DEFENSES.register("topk")
 class TopKPruning(Defense):
+    stage = Stage.TRANSFORM
     @dataclass
     class Config:
         ratio: float = 0.5  # fraction of each sample's coordinates to zero

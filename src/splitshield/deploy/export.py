@@ -1,8 +1,9 @@
 """Export the edge encoder (normalisation, blocks, bottleneck and deterministic defense transforms).
 
 How the run's defense stack is exported (see docs/deploy.md):
-- ``gaussian_noise`` members (``noise_std()`` > 0) are *not* put in the graph: the device adds
-  N(0, sigma^2) after the encoder at run time (edge.py), with sigma = ``defenses.noise_std()`` from training.
+- members that add Gaussian noise (``gaussian_noise``, and ``cem`` when it adds its own) are *not* put in the
+  graph: the device adds N(0, sigma^2) after the encoder at run time (edge.py), with sigma = ``defenses.noise_std()``
+  from training.
   Random ops inside ONNX have runtime-specific seeding, so noise outside the graph is the only way to make
   "same seed, same prediction" checkable, and it keeps the noise visible and auditable on the device;
 - members whose eval-mode transform is the identity (NoPeek, CEM, ... act only through losses) are skipped;
@@ -32,8 +33,6 @@ from splitshield.errors import UserError
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
-# Defenses whose transform is exactly z + N(0, noise_std()^2): the device runtime draws that noise itself.
-DEVICE_NOISE = frozenset({"gaussian_noise"})
 
 
 @dataclass
@@ -57,8 +56,9 @@ def plan_transforms(members: Iterable[nn.Module], z: torch.Tensor) -> TransformP
     variance = 0.0
     for d in members:
         name = getattr(d, "registry_name", type(d).__name__)
-        std = float(d.noise_std()) if hasattr(d, "noise_std") else 0.0
-        if std > 0 and name not in DEVICE_NOISE:
+        noise = d.noise() if hasattr(d, "noise") else None
+        std = noise.std if noise is not None else 0.0
+        if std > 0 and not noise.gaussian_only:
             raise UserError(f"defense {name!r} adds non-Gaussian noise, which the device runtime does not draw; "
                             "export supports gaussian_noise only (retrain with it, or deploy in PyTorch)")
         if std > 0:
@@ -152,7 +152,8 @@ def check_images(run, count: int) -> torch.Tensor:  # noqa: ANN001  (LoadedRun)
 def export_run(run_dir: str, fmt: str = "onnx", out_dir: str | None = None, check_count: int = 64,
                atol: float = 1e-4) -> tuple[Manifest, str]:
     """Export, check on real test images, write model + manifest; returns (manifest, manifest path)."""
-    from splitshield.runs import load_run, write_result
+    from splitshield.runs import write_result
+    from splitshield.train.build import load_run
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -54,7 +54,7 @@ class CloudModel:
 
     @classmethod
     def from_run(cls, run_dir: str) -> "CloudModel":
-        from splitshield.runs import load_run
+        from splitshield.train.build import load_run
 
         run = load_run(run_dir, "cpu")
         # Hash the full model (what export hashed) before dropping the edge: only the cloud stays referenced.

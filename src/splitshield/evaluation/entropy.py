@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from splitshield.data import to_unit
 from splitshield.defenses import _mixture as mx
-from splitshield.runs import LoadedRun
+from splitshield.train.build import LoadedRun
 
 log = logging.getLogger(__name__)
 

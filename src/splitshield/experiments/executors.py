@@ -1,4 +1,4 @@
-"""Grid executors beyond the in-process one: worker processes and Ray (see grid.EXECUTORS).
+"""Grid executors beyond the in-process one: worker processes and Ray (see tasks.EXECUTORS).
 
 A grid's runs are independent tasks. Every executor runs each through ``grid.run_task`` (the resumable pipeline),
 reports progress from this process as tasks finish, and returns the results in task order.
@@ -24,7 +24,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence, Union
 import torch
 
 from splitshield.errors import UserError
-from splitshield.experiments.grid import EXECUTORS, Progress, TaskResult, run_task
+from splitshield.experiments.tasks import EXECUTORS, Progress, TaskResult, run_task
 from splitshield.experiments.spec import GridCommon, Task
 
 log = logging.getLogger(__name__)

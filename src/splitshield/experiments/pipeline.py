@@ -51,12 +51,14 @@ def trained(run_dir: str, epochs: int) -> bool:
 
 def ensure_trained(cfg: ExperimentConfig, run_dir: str) -> bool:
     """Train ``cfg`` into ``run_dir``, resume it if interrupted, or do nothing if finished. True if it trained."""
+    from splitshield.resolve import resolve
     from splitshield.runs import load_run_config
     from splitshield.train import train
     from splitshield.train.checkpoint import CHECKPOINT
 
+    cfg = resolve(cfg)
     if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        stored = load_run_config(run_dir)
+        stored = resolve(load_run_config(run_dir))
         if stored.digest() != cfg.digest():
             raise ConfigError(f"{run_dir} holds a run of another config (hash {stored.digest()[:8]}, wanted "
                               f"{cfg.digest()[:8]}); choose another output folder or delete it")
@@ -71,7 +73,7 @@ def ensure_trained(cfg: ExperimentConfig, run_dir: str) -> bool:
 def stored_attack(run: Any, name: str, protocol: str, seed: int, params: Optional[dict] = None
                   ) -> Optional[dict[str, Any]]:
     """The stored result of attack ``name`` under ``protocol`` if it was made with the same config and seed."""
-    from splitshield.attacks._api import resolve_attack_config
+    from splitshield.evaluation.attacking import resolve_attack_config
     from splitshield.runs import read_results
 
     stored = read_results(run.run_dir).get(f"attack-{name}-{protocol}")
@@ -89,9 +91,9 @@ def run_lock(run_dir: str) -> Iterator[None]:
     grid commands may reach the same folder at once: the second waits, then finds the work done and reuses it.
     flock is released by the OS if the holder dies, so a crashed run never leaves a stale lock.
     """
-    from splitshield.train import distributed
+    from splitshield import parallel
 
-    if distributed.launched() and int(os.environ.get("RANK", "0")) != 0:
+    if parallel.launched() and int(os.environ.get("RANK", "0")) != 0:
         yield  # under torchrun all ranks work in one folder together; rank 0 holds the lock for the job
         return
     try:
@@ -119,15 +121,16 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, *, attacks: Optional[Seque
 
 def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[str]], protocols: Sequence[str],
               audit: bool, attack_seed: Optional[int], device: str) -> PipelineResult:
-    from splitshield.attacks import run_attack
-    from splitshield.runs import load_run, read_results
+    from splitshield.evaluation.attacking import run_attack
+    from splitshield.runs import read_results
+    from splitshield.train.build import load_run
 
     names = attack_names(cfg, attacks)
     seed = cfg.seed if attack_seed is None else attack_seed
     computed = ["train"] if ensure_trained(cfg, run_dir) else []
-    from splitshield.train import distributed
+    from splitshield import parallel
 
-    if not distributed.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
+    if not parallel.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
         return PipelineResult(run_dir, {}, computed=computed)
     run = load_run(run_dir, device)
     records: dict[str, dict[str, Any]] = {}

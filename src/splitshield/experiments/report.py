@@ -20,7 +20,7 @@ from urllib.parse import quote
 from splitshield.experiments.grid import load_stored
 from splitshield.experiments.report_sections import grid_name, report_sections
 from splitshield.experiments.sections import Section
-from splitshield.experiments.spec import slug
+from splitshield.resolve import slug
 
 REPORT_HTML, REPORT_MD, FIGURES = "report.html", "report.md", "figures"
 DOC_FIGURES = os.path.join("figures", "results")  # next to a composed document (docs/figures/results/)

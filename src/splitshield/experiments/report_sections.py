@@ -7,7 +7,8 @@ import os
 from typing import Any, Optional
 
 from splitshield.errors import UserError
-from splitshield.experiments.grid import StoredGrid, TaskResult
+from splitshield.experiments.grid import StoredGrid
+from splitshield.experiments.tasks import TaskResult
 from splitshield.experiments.sections import Section, SimpleTable
 
 

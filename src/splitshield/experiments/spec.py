@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from splitshield.config import ComponentSpec, ExperimentConfig, load_config
-from splitshield.configtools import apply_overrides, from_dict, load_yaml, parse_override, to_dict
+from splitshield.config import ComponentSpec, ExperimentConfig
+from splitshield.configtools import apply_overrides, from_dict, load_composed, load_yaml, parse_override, to_dict
+from splitshield.resolve import DEFAULT_RUNS, load_experiment, run_dir_for, slug
 from splitshield.errors import ConfigError
 
 
@@ -52,7 +53,7 @@ class GridCommon:
     seeds: list[int] = field(default_factory=lambda: [0])
     attacks: list[str] = field(default_factory=lambda: ["decoder"])  # entries of the base's attacks: list
     protocols: list[str] = field(default_factory=lambda: ["train", "infer"])
-    runs: Optional[str] = None  # where the run folders go (default: ``out``); grids may share one
+    runs: Optional[str] = None  # where the run folders go (default: runs/, shared with `splitshield run`/`train`)
     out: Optional[str] = None  # this grid's folder: grid.json, tables, report (default runs/<name>)
     audit: bool = True
 
@@ -116,10 +117,6 @@ class Task:
         return f"{self.group}{point}{' +CEM' if self.cem else ''} s{self.seed}"
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "run"
-
-
 def load_grid(path: str, kind: type, overrides: tuple[str, ...] | list[str] = ()) -> Any:
     """Load a grid YAML into ``kind`` (TableConfig or SweepConfig); ``base`` becomes a path usable from here."""
     raw = apply_overrides(load_yaml(path), overrides)
@@ -128,25 +125,24 @@ def load_grid(path: str, kind: type, overrides: tuple[str, ...] | list[str] = ()
     if not os.path.isfile(base):
         raise ConfigError(f"grid.base: {cfg.base} not found next to {path}; name an experiment config")
     cfg.base = base
-    cfg.out = cfg.out or os.path.join("runs", cfg.name)
-    cfg.runs = cfg.runs or cfg.out
+    cfg.out = cfg.out or os.path.join(DEFAULT_RUNS, cfg.name)
+    cfg.runs = cfg.runs or DEFAULT_RUNS  # shared by default: `run`, `train` and every grid find the same folders
     return cfg
 
 
 def experiment(grid: GridCommon, defenses: list[ComponentSpec], seed: int, extra: tuple[str, ...] = (),
                tag: str = "") -> ExperimentConfig:
     """The base config with the grid's overrides, ``defenses`` as its defense list, ``seed``, and ``extra``."""
-    raw = apply_overrides(load_yaml(grid.base), list(grid.set))
+    raw = apply_overrides(load_composed(grid.base), list(grid.set))
     base_name = raw.get("name", "experiment")
     raw.update(name=f"{base_name}-{slug(tag)}" if tag else base_name, seed=seed,
                defenses=[to_dict(d) for d in defenses])
     raw.setdefault("train", {})["progress"] = False
-    return load_config(raw, list(extra))
+    return load_experiment(raw, list(extra))
 
 
 def _task(grid: GridCommon, group: str, cem: bool, seed: int, value: Any, cfg: ExperimentConfig) -> Task:
-    run_dir = os.path.join(str(grid.runs), f"{slug(cfg.name)}-{cfg.digest()[:8]}-s{seed}")
-    return Task(group, cem, seed, value, cfg, run_dir)
+    return Task(group, cem, seed, value, cfg, run_dir_for(cfg, grid.runs))
 
 
 def table_tasks(grid: TableConfig) -> list[Task]:

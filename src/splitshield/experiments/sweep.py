@@ -11,7 +11,8 @@ import os
 import statistics
 from typing import Any, Sequence
 
-from splitshield.experiments.grid import StoredGrid, TaskResult
+from splitshield.experiments.grid import StoredGrid
+from splitshield.experiments.tasks import TaskResult
 from splitshield.experiments.sections import Section, SimpleTable
 
 

@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from splitshield.experiments.grid import TaskResult
+from splitshield.experiments.tasks import TaskResult
 
 PROTOCOL_NAMES = {"train": "Train", "infer": "Infer"}
 ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "rmle": "rMLE"}

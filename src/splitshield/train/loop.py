@@ -21,13 +21,15 @@ from splitshield.data import DataBundle, build_data, to_unit
 from splitshield.defenses import DefenseStack, StepContext
 from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
-from splitshield.precision import Numerics, full_precision, resolve
-from splitshield.runs import METRICS_FILE, append_jsonl, run_dir_for, save_config, write_result
+from splitshield.precision import Numerics, full_precision, resolve_numerics
+from splitshield.resolve import resolve, run_dir_for
+from splitshield.runs import METRICS_FILE, append_jsonl, save_config, write_result
+from splitshield import parallel
 from splitshield.train import distributed
 from splitshield.train.build import build_components
 from splitshield.train.checkpoint import (CHECKPOINT, atomic_save, load_checkpoint, rng_state, seed_everything,
                                           set_rng_state)
-from splitshield.train.optim import build_optimizer, build_scheduler, select_device
+from splitshield.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,8 @@ def evaluate(model: SplitModel, defenses: DefenseStack, loader, device: torch.de
         logits = model.cloud(defenses.transform(model.edge(x)))
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
-    if distributed.world_size() > 1:  # each rank evaluated its rows of the test set
-        correct, total = (int(v) for v in distributed.all_sum(torch.tensor([correct, total], dtype=torch.float64)))
+    if parallel.world_size() > 1:  # each rank evaluated its rows of the test set
+        correct, total = (int(v) for v in parallel.all_sum(torch.tensor([correct, total], dtype=torch.float64)))
     model.train(was[0])
     defenses.train(was[1])
     return correct / max(total, 1)
@@ -61,22 +63,23 @@ def evaluate(model: SplitModel, defenses: DefenseStack, loader, device: torch.de
 
 class SplitForward(nn.Module):
     """One training forward pass, edge -> defense transforms -> cloud, as a module: the unit DDP wraps (DDP only
-    synchronises gradients of passes made through its own forward). Returns (blocks, z_hat, z, logits)."""
+    synchronises gradients of passes made through its own forward). Returns (blocks, z_hat, z before the noise, z,
+    logits)."""
 
     def __init__(self, model: SplitModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor, defenses: DefenseStack
-                ) -> tuple[Optional[list[torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[Optional[list[torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         blocks = self.model.edge.blocks(x) if defenses.needs_blocks else None
         z_hat = blocks[-1] if blocks is not None else self.model.edge(x)
-        z = defenses.transform(z_hat)
-        return blocks, z_hat, z, self.model.cloud(z)
+        pre, z = defenses.transform_parts(z_hat)
+        return blocks, z_hat, pre, z, self.model.cloud(z)
 
 
 def numerics_for(cfg: ExperimentConfig, device: torch.device) -> Numerics:
-    return resolve(cfg.train.precision, cfg.train.memory_format, device)
+    return resolve_numerics(cfg.train.precision, cfg.train.memory_format, device)
 
 
 def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, optimizer: torch.optim.Optimizer,
@@ -97,18 +100,19 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
     batches = data.train_loader
     limit = cfg.train.max_steps_per_epoch
     bar = tqdm(batches, total=min(len(batches), limit or len(batches)), desc=f"epoch {epoch + 1}",
-               disable=not cfg.train.progress or not distributed.is_main(), leave=False)
+               disable=not cfg.train.progress or not parallel.is_main(), leave=False)
     for i, (images, labels) in enumerate(bar):
         if limit is not None and i >= limit:
             break
         x = numerics.tensor(data.augment(to_unit(images.to(device, non_blocking=True))))
         y = labels.to(device, non_blocking=True)
         with numerics.autocast():
-            blocks, z_hat, z, logits = forward(x, defenses)
+            blocks, z_hat, pre, z, logits = forward(x, defenses)
         with full_precision(device.type):
             ctx = StepContext(x=x, y=y, z_hat=z_hat.float(), z=z.float(), logits=logits.float(), model=model,
-                              epoch=epoch, step=step, lr=lr,
+                              epoch=epoch, step=step, lr=lr, z_pre_noise=pre.float(),
                               blocks=None if blocks is None else [b.float() for b in blocks], numerics=numerics)
+            defenses.observe(ctx)
             loss = defenses.task_loss(ctx.logits, y)
             penalty = defenses.penalties(ctx)
             total = loss if penalty is None else loss + penalty
@@ -124,9 +128,9 @@ def train_epoch(model: SplitModel, defenses: DefenseStack, data: DataBundle, opt
         sums["correct"] += (logits.detach().argmax(1) == y).sum()
         for key, value in ctx.logs.items():
             sums[key] += value.float() * n
-    if distributed.world_size() > 1:  # every rank's share, so rank 0 logs the epoch of the whole job
+    if parallel.world_size() > 1:  # every rank's share, so rank 0 logs the epoch of the whole job
         keys = sorted(sums)
-        summed = distributed.all_sum(torch.stack([sums[k].double() for k in keys]
+        summed = parallel.all_sum(torch.stack([sums[k].double() for k in keys]
                                                  + [torch.tensor(float(seen), dtype=torch.float64, device=device)]))
         sums, seen = dict(zip(keys, summed[:-1])), int(summed[-1])
     # One host synchronisation per epoch, not per step.
@@ -173,8 +177,8 @@ class TrainingSession:
 def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None) -> TrainingSession:
     """Seed, data, model + defenses on the device, optimizer, schedule and AMP scaler for ``cfg``; under torchrun,
     this rank's data shard, batch norm over all ranks and the model in DDP."""
-    device = device or select_device(cfg.train.device)
-    rank, world = distributed.rank(), distributed.world_size()
+    device = device or parallel.select_device(cfg.train.device)
+    rank, world = parallel.rank(), parallel.world_size()
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed, rank=rank, world=world)
     model, defenses = build_components(cfg, data.info, train_size=len(data.train))  # type: ignore[arg-type]
@@ -183,7 +187,7 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
         # B/N slice on its own and the ranks' running statistics would drift apart).
         distributed.sync_batchnorm(model, device)
         distributed.sync_batchnorm(defenses, device)  # the simulated attacker's decoder
-        seed_everything(distributed.rank_seed(cfg.seed))  # after the shared-seed initialisation above
+        seed_everything(parallel.rank_seed(cfg.seed))  # after the shared-seed initialisation above
     numerics = numerics_for(cfg, device)
     numerics.module(model.to(device))
     numerics.module(defenses.to(device))
@@ -196,10 +200,10 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
 
 def _own_rng_state(state: dict) -> Optional[dict]:
     """This rank's RNG state from a checkpoint, or None (then seed afresh) if it was saved by another world size."""
-    ranks, world = state.get("rng_ranks"), distributed.world_size()
+    ranks, world = state.get("rng_ranks"), parallel.world_size()
     saved = len(ranks) if ranks is not None else 1
     if saved == world:
-        return ranks[distributed.rank()] if ranks is not None else state["rng"]
+        return ranks[parallel.rank()] if ranks is not None else state["rng"]
     log.warning("resuming a run trained by %d process(es) with %d: valid, but not bit-identical to an "
                 "uninterrupted run (each process has its own random stream)", saved, world)
     return state["rng"] if world == 1 else None
@@ -209,10 +213,15 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
     """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint.
 
     Under torchrun every process calls this; rank 0 alone writes the folder, the others return the same result."""
-    device = distributed.setup(cfg.train.device)  # joins torchrun's process group; alone, picks the device
-    main = distributed.is_main()
-    run_dir = resume_dir or run_dir_for(cfg, out)
+    cfg = resolve(cfg)  # every component with all its parameters: the config.yaml saved is the full resolution
+    device = parallel.setup(cfg.train.device)  # joins torchrun's process group; alone, picks the device
+    main = parallel.is_main()
+    run_dir = resume_dir or out or run_dir_for(cfg)
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
+    if resume_dir:
+        # Every rank reads the checkpoint rank 0 wrote last: wait until no rank can still be writing one (a rank
+        # that stopped early would otherwise read the epoch before, resume elsewhere and hang in a collective).
+        parallel.barrier()
     state = load_checkpoint(ckpt_path) if resume_dir else None
     if state is None and os.path.exists(ckpt_path):
         raise CheckpointError(f"{run_dir} already holds a trained run; use 'splitshield resume {run_dir}' or "
@@ -233,7 +242,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         if own is not None:
             set_rng_state(own)
         else:
-            seed_everything(distributed.rank_seed(cfg.seed + start_epoch))
+            seed_everything(parallel.rank_seed(cfg.seed + start_epoch))
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
     else:
         if main:
@@ -256,7 +265,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         scheduler.step()
         # Each rank's own random streams, so a resumed job continues every rank where it stopped (a collective:
         # all ranks take part, rank 0 writes).
-        rngs = distributed.all_gather_objects(rng_state())
+        rngs = parallel.all_gather_objects(rng_state())
         if not main:
             continue
         append_jsonl(os.path.join(run_dir, METRICS_FILE), record)
@@ -278,5 +287,5 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
     if main:
         write_result(run_dir, "train", {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
                                         "feature_shape": list(model.feature_shape)})
-    distributed.barrier()  # every rank returns once the results are on disk
+    parallel.barrier()  # every rank returns once the results are on disk
     return TrainResult(run_dir, cfg.train.epochs, accuracy, seconds)

@@ -10,12 +10,12 @@ from typing import Any, Optional, Union
 import torch
 from torch.utils.data import Dataset, Subset
 
+from splitshield.attacks import ATTACKS
 from splitshield.attacks._protocols import ProtocolSplit, split_protocol
-from splitshield.components import component_config
-from splitshield.config import ComponentSpec
 from splitshield.errors import ConfigError
 from splitshield.evaluation.metrics import reconstruction_metrics
-from splitshield.runs import RESULTS_DIR, LoadedRun, load_run, read_metrics, write_result
+from splitshield.runs import RESULTS_DIR, read_metrics, write_result
+from splitshield.train.build import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,8 @@ def dataset_images(dataset: Dataset) -> torch.Tensor:
 
 def resolve_attack_config(run: LoadedRun, name: str, params: Optional[dict[str, Any]] = None) -> Any:
     """The run's ``attacks:`` entry for ``name`` (else the attack's defaults = paper budgets) plus ``params``."""
-    from splitshield.attacks import ATTACKS
-
     base = next((dict(spec.params) for spec in run.cfg.attacks if spec.name == name), {})
-    return component_config(ATTACKS, ComponentSpec(name, {**base, **(params or {})}), f"attacks[{name}]")
+    return ATTACKS.config_of(name, {**base, **(params or {})}, "attacks")
 
 
 def victim_accuracy(run: LoadedRun) -> Optional[float]:
@@ -81,7 +79,6 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
     results/attack-<name>-<protocol>.json in the run directory, with reconstructions of the first scored images
     (results/attack-<name>-<protocol>.recon.pt, for figures).
     """
-    from splitshield.attacks import ATTACKS
     from splitshield.data import build_data
 
     if isinstance(run, str):
