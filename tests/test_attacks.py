@@ -15,6 +15,7 @@ from splitshield.attacks._protocols import split_protocol
 from splitshield.attacks.base import Attack, victim_guard
 from splitshield.cli.main import main
 from splitshield.config import load_config
+from splitshield.resolve import load_experiment
 from splitshield.data.synthetic import Synthetic
 from splitshield.defenses import DefenseStack
 from splitshield.errors import ConfigError
@@ -232,5 +233,7 @@ def test_presets_carry_attack_budgets() -> None:
     for preset in ("paper-cifar10", "paper-tinyimagenet"):
         specs = {s.name: s.params for s in load_config(os.path.join(here, f"{preset}.yaml")).attacks}
         assert specs["decoder"]["epochs"] == 50 and specs["gan"]["epochs"] == 150 and specs["rmle"]["steps"] == 5000
-    quick = {s.name: s.params for s in load_config(os.path.join(here, "quick-fmnist.yaml")).attacks}
-    assert quick["decoder"]["epochs"] * quick["decoder"]["train_size"] <= 100_000  # the <= 5 min CPU budget
+    quick = {s.name: s for s in load_experiment(os.path.join(here, "quick-fmnist.yaml")).attacks}
+    # the quick decoder trains to a plateau of its own validation MSE: epochs is a maximum, not the budget
+    assert quick["decoder"].params["patience"] is not None and quick["decoder"].params["epochs"] >= 20
+    assert "knn" in quick  # the training-free floor every learned attack must beat

@@ -15,7 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
 PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
-GRIDS = [p for p in PRESETS if p.endswith(("-table.yaml", "-sweep.yaml", "-zoo.yaml"))]
+
+
+def _is_grid(path: str) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    return bool({"rows", "sweeps", "inherit"} & set(raw))
+
+
+GRIDS = [p for p in PRESETS if _is_grid(p)]
 
 
 @pytest.mark.parametrize("path", [p for p in PRESETS if p not in GRIDS])
@@ -30,7 +38,9 @@ def test_every_preset_loads_and_round_trips(path: str) -> None:
 def test_every_grid_expands_into_valid_experiments(path: str) -> None:
     from splitshield.experiments.spec import SweepConfig, TableConfig, load_grid, sweep_tasks, table_tasks
 
-    kind, expand = (SweepConfig, sweep_tasks) if path.endswith("-sweep.yaml") else (TableConfig, table_tasks)
+    with open(path, encoding="utf-8") as fh:
+        sweep = "sweeps" in (yaml.safe_load(fh) or {})
+    kind, expand = (SweepConfig, sweep_tasks) if sweep else (TableConfig, table_tasks)
     tasks = expand(load_grid(path, kind))
     assert tasks and all(isinstance(t.cfg, ExperimentConfig) for t in tasks)
 

@@ -82,6 +82,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     torch.set_num_threads(1)
     import splitshield.train.loop as loop
     from splitshield import parallel
+    from splitshield.resultsdb import ResultsDB
     from splitshield.train import distributed  # noqa: F401
 
     sessions = []
@@ -92,7 +93,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         raw, f64 = scenario(name)
         torch.set_default_dtype(torch.float64 if f64 else torch.float32)
         cfg = load_config(raw)
-        loop.train(cfg, out=f"{tmp}/{name}")
+        loop.train(cfg, out=f"{tmp}/{name}", sink=ResultsDB(f"{tmp}/db.sqlite"))
         out[name] = states(sessions[-1])
         out["world"] = parallel.world_size()
         if name == "resume":  # the same run, stopped at the start of epoch 3 on every rank, then resumed

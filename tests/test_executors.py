@@ -14,7 +14,9 @@ import yaml
 
 from splitshield.experiments.executors import run_with_retries
 from splitshield.experiments.grid import execute
-from splitshield.experiments.tasks import Progress, TaskResult, run_task
+from splitshield.experiments.results import RunResult
+from splitshield.experiments.tasks import Job, Progress, run_task
+from splitshield.runs import AttackKey
 from splitshield.experiments.spec import TableConfig, Task, load_grid, table_tasks
 from splitshield.experiments.tables import build_table, columns_for, to_markdown
 
@@ -24,10 +26,10 @@ KINDS = ["attack-decoder-train", "efficiency", "train"]
 
 # --- the scheduler, with fake handles: no processes ---
 def fake_tasks(n: int) -> list[Task]:
-    return [Task(f"t{i}", False, 0, None, None, f"/runs/t{i}") for i in range(n)]  # type: ignore[arg-type]
+    return [Task(f"t{i}", "", 0, None, None, f"/runs/t{i}") for i in range(n)]  # type: ignore[arg-type]
 
 
-def schedule(tasks: list[Task], outcomes: dict[str, list], retries: int) -> tuple[list[TaskResult], list[str]]:
+def schedule(tasks: list[Task], outcomes: dict[str, list], retries: int) -> tuple[list[RunResult], list[str]]:
     """Run ``tasks`` where attempt k of task t ends with outcomes[t.group][k] ("ok", "fail" or an exception);
     tasks finish in reverse submission order. Returns the results and the submission log."""
     submitted: list[str] = []
@@ -43,7 +45,8 @@ def schedule(tasks: list[Task], outcomes: dict[str, list], retries: int) -> tupl
         outcome = outcomes[tasks[i].group][k - 1]
         if isinstance(outcome, BaseException):
             return handles[-1], outcome
-        return handles[-1], TaskResult(tasks[i], outcome == "ok", error="" if outcome == "ok" else "boom")
+        return handles[-1], RunResult(tasks[i].run_dir, {"test_accuracy": 1.0}, error="" if outcome == "ok" else "boom",
+                                      task=tasks[i])
 
     return run_with_retries(tasks, submit, wait_one, Progress(len(tasks), open(os.devnull, "w")), retries), submitted
 
@@ -77,34 +80,31 @@ def write_grid(tmp: str) -> TableConfig:
     with open(os.path.join(tmp, "base.yaml"), "w") as fh:
         yaml.safe_dump(raw, fh)
     grid = {"name": "g", "base": "base.yaml", "runs": os.path.join(tmp, "runs"), "seeds": [0, 1],
-            "protocols": ["train"], "audit": False, "no_defense": False, "cem": [{"name": "cem", "lam": 16}],
+            "protocols": ["train"], "audit": False,
+            "arms": [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem", "lam": 16}]}],
             "rows": [{"label": "Noise", "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}]}
     with open(os.path.join(tmp, "grid.yaml"), "w") as fh:
         yaml.safe_dump(grid, fh)
     return load_grid(os.path.join(tmp, "grid.yaml"), TableConfig)
 
 
-def flaky_runner(task: Task, attacks, protocols, audit: bool) -> TaskResult:  # noqa: ANN001
+def flaky_runner(task: Task, job: Job) -> RunResult:
     """Fails the first attempt of every task (a flag file next to its run folder), then runs it for real."""
     flag = task.run_dir + ".attempted"
     if not os.path.exists(flag):
         os.makedirs(os.path.dirname(flag), exist_ok=True)
         open(flag, "w").close()
-        return TaskResult(task, False, error="RuntimeError: injected failure")
-    return run_task(task, attacks, protocols, audit)
+        return RunResult(task.run_dir, error="RuntimeError: injected failure", task=task)
+    return run_task(task, job)
 
 
 def run_grid(tmp_path_factory, executor: str, **options) -> dict:  # noqa: ANN001, ANN003
     """The grid in a fresh folder with its own results database (the runs are computed, not reused)."""
     tmp = str(tmp_path_factory.mktemp(executor))
-    saved = os.environ.get("SPLITSHIELD_RESULTS_DB")
-    os.environ["SPLITSHIELD_RESULTS_DB"] = db = os.path.join(tmp, "results.sqlite")  # spawned workers inherit it
-    try:
-        grid = write_grid(tmp)
-        tasks = table_tasks(grid)
-        results = execute(tasks, grid, executor, **options)
-    finally:
-        os.environ["SPLITSHIELD_RESULTS_DB"] = saved or ""
+    db = os.path.join(tmp, "results.sqlite")  # handed to the executor, which hands it to every worker
+    grid = write_grid(tmp)
+    tasks = table_tasks(grid)
+    results = execute(tasks, grid, executor, db=db, **options)
     table = build_table("g", results, columns_for(["decoder"], ["train"], False))
     return {"grid": grid, "tasks": tasks, "results": results, "table": to_markdown(table), "db": db, "tmp": tmp}
 
@@ -140,7 +140,8 @@ def ray_grid(tmp_path_factory, ray_session) -> dict:  # noqa: ANN001
 
 
 def records(run: dict) -> list:
-    return [(r.task.label, r.train["test_accuracy"], r.attacks["attack-decoder-train"]["mse"]) for r in run["results"]]
+    return [(r.task.label, r.train["test_accuracy"], r.attacks[AttackKey("decoder", "train")]["mse"])
+            for r in run["results"]]
 
 
 def assert_same_grid(run: dict, reference: dict) -> None:
@@ -159,7 +160,7 @@ def assert_in_database_once(run: dict) -> None:
 
 def test_local_grid_has_four_runs_each_in_the_database_once(local) -> None:
     assert len(local["tasks"]) == 4 and all(r.ok for r in local["results"])
-    assert "n/a" not in local["table"]
+    assert "failed or not run" not in local["table"]  # every run finished (tiny victims: their MSEs do not count)
     assert_in_database_once(local)
 
 
@@ -179,10 +180,9 @@ def test_ray_executor_retries_a_failed_task_and_gives_the_local_table(local, ray
 def test_an_interrupted_grid_resumes_without_redoing_finished_runs(ray_grid, monkeypatch) -> None:
     import shutil
 
-    monkeypatch.setenv("SPLITSHIELD_RESULTS_DB", ray_grid["db"])
     lost = ray_grid["tasks"][1]
     shutil.rmtree(lost.run_dir)  # as if the grid had stopped before this run
-    again = execute(ray_grid["tasks"], ray_grid["grid"], "ray")
+    again = execute(ray_grid["tasks"], ray_grid["grid"], "ray", db=ray_grid["db"])
     assert [bool(r.computed) for r in again] == [False, True, False, False]
     assert to_markdown(build_table("g", again, columns_for(["decoder"], ["train"], False))) == ray_grid["table"]
     assert_in_database_once(ray_grid)

@@ -13,10 +13,11 @@ import yaml
 from splitshield.cli.main import main
 from splitshield.errors import ConfigError
 from splitshield.experiments.grid import execute, load_stored
-from splitshield.experiments.tasks import TaskResult
+from splitshield.experiments.results import RunResult
+from splitshield.runs import AttackKey
 from splitshield.experiments.pipeline import ensure_trained, run_pipeline
 from splitshield.experiments.spec import SweepConfig, TableConfig, Task, load_grid, sweep_tasks, table_tasks
-from splitshield.experiments.tables import build_table, columns_for, to_csv, to_latex, to_markdown
+from splitshield.experiments.tables import build_table, columns_for, per_row_effects, to_csv, to_latex, to_markdown
 
 TINY_ATTACK = {"name": "decoder", "epochs": 1, "train_size": 48, "blocks": 1, "channels": 8, "score_size": 24}
 
@@ -37,16 +38,36 @@ def write_grid(tmp_path, body: dict) -> str:
     return str(path)
 
 
+ROWS = [{"label": "No_defense", "set": ["model.bottleneck_channels=null"], "arms": [""]},
+        {"label": "Bottleneck"},
+        {"label": "DistCorr", "defenses": [{"name": "nopeek", "alpha": 0.5}]},
+        {"label": "Noise_Nopeek", "defenses": [{"name": "gaussian_noise", "sigma": 0.05}, {"name": "nopeek"}]}]
+ARMS = [{"label": ""},
+        {"label": "+noise", "add": [{"name": "gaussian_noise", "sigma": 0.05}], "unless": ["gaussian_noise"]},
+        {"label": "+CEM", "add": [{"name": "cem"}]}]
+
+
 def test_table_tasks_are_rows_times_arms_times_seeds_with_stable_folders(base_yaml, tmp_path) -> None:
-    grid = load_grid(write_grid(tmp_path, {"name": "t", "seeds": [0, 1]}), TableConfig)
+    grid = load_grid(write_grid(tmp_path, {"name": "t", "seeds": [0, 1], "rows": ROWS, "arms": ARMS}), TableConfig)
     tasks = table_tasks(grid)
-    assert len(tasks) == 2 * (1 + 7 * 2)  # No_defense + the paper's seven defenses x {w/o, w/ CEM}, 2 seeds
-    assert [t.label for t in tasks[:3]] == ["No_defense s0", "Bottleneck s0", "Bottleneck +CEM s0"]
-    cem_task = tasks[2]
-    assert [d.name for d in cem_task.cfg.defenses] == ["bottleneck", "cem"] and cem_task.cfg.seed == 0
-    assert len({t.run_dir for t in tasks}) == len(tasks)
-    assert [t.run_dir for t in table_tasks(load_grid(write_grid(tmp_path, {"name": "other", "seeds": [0, 1]}),
-                                                     TableConfig))] == [t.run_dir for t in tasks]
+    assert len(tasks) == 2 * (1 + 3 * 3)  # No_defense in its one arm, three rows x three arms, two seeds
+    assert [t.label for t in tasks[:4]] == ["No_defense s0", "Bottleneck s0", "Bottleneck+noise s0",
+                                            "Bottleneck+CEM s0"]
+    assert tasks[0].cfg.model.bottleneck_channels is None and tasks[1].cfg.model.bottleneck_channels == 8
+    # added components go in at their stage: the noise before NoPeek (an objective defense), CEM last
+    dist_noise = next(t for t in tasks if t.label == "DistCorr+noise s0")
+    assert [d.name for d in dist_noise.cfg.defenses] == ["gaussian_noise", "nopeek"]
+    assert [d.name for d in tasks[3].cfg.defenses] == ["cem"] and tasks[3].cfg.defenses[0].params["lam"] > 0
+    # unless: Noise_Nopeek has the noise already, so its +noise arm is the row itself (one folder, trained once)
+    nn = {t.arm: t for t in tasks if t.group == "Noise_Nopeek" and t.seed == 0}
+    assert nn["+noise"].run_dir == nn[""].run_dir != nn["+CEM"].run_dir
+    # and DistCorr+noise is the very experiment Noise_Nopeek is: one folder for the three cells, per seed
+    dc_noise = next(t for t in tasks if t.label == "DistCorr+noise s0")
+    assert dc_noise.run_dir == nn[""].run_dir
+    assert len({t.run_dir for t in tasks}) == len(tasks) - 2 * 2
+    other = load_grid(write_grid(tmp_path, {"name": "other", "seeds": [0, 1], "rows": ROWS, "arms": ARMS}),
+                      TableConfig)
+    assert [t.run_dir for t in table_tasks(other)] == [t.run_dir for t in tasks]
 
 
 def test_grid_errors_are_config_errors(base_yaml, tmp_path) -> None:
@@ -56,44 +77,50 @@ def test_grid_errors_are_config_errors(base_yaml, tmp_path) -> None:
         load_grid(write_grid(tmp_path, {"name": "t", "protocols": ["test"]}), TableConfig)
     with pytest.raises(ConfigError, match="not found"):
         load_grid(write_grid(tmp_path, {"name": "t", "base": "missing.yaml"}), TableConfig)
-    grid = load_grid(write_grid(tmp_path, {"name": "t", "set": ["train.epochz=2"]}), TableConfig)
+    with pytest.raises(ConfigError, match="not an arm"):
+        load_grid(write_grid(tmp_path, {"name": "t", "rows": [{"label": "A", "arms": ["+CEN"]}], "arms": ARMS}),
+                  TableConfig)
+    grid = load_grid(write_grid(tmp_path, {"name": "t", "set": ["train.epochz=2"], "rows": ROWS}), TableConfig)
     with pytest.raises(ConfigError, match="epochz"):
         table_tasks(grid)
 
 
 def test_sweep_points_that_are_the_same_experiment_share_a_folder_and_run_once(base_yaml, tmp_path) -> None:
     noise = [{"name": "gaussian_noise", "sigma": 0.05}]
+    cem = {"name": "cem", "lam": 0.3}
     grid = load_grid(write_grid(tmp_path, {"name": "s", "protocols": ["train"], "audit": False,
-                                           "cem": [{"name": "cem", "lam": 16}], "sweeps": [
+                                           "arms": [{"label": ""}, {"label": "+CEM", "add": [cem]}], "sweeps": [
         {"label": "sigma", "key": "defenses.0.sigma", "values": [0.05, 0.1], "defenses": noise},
-        {"label": "lam", "key": "defenses.1.lam", "values": [16], "compare_cem": False,
-         "defenses": noise + [{"name": "cem", "lam": 16}]}]}), SweepConfig)
+        {"label": "lam", "key": "defenses.1.lam", "values": [0.3], "arms": [""], "defenses": noise + [cem]}]}),
+        SweepConfig)
     tasks = sweep_tasks(grid)
-    assert [t.label for t in tasks] == ["sigma 0.05 s0", "sigma 0.1 s0", "sigma 0.05 +CEM s0", "sigma 0.1 +CEM s0",
-                                        "lam 16 s0"]
+    assert [t.label for t in tasks] == ["sigma 0.05 s0", "sigma 0.1 s0", "sigma 0.05+CEM s0", "sigma 0.1+CEM s0",
+                                        "lam 0.3 s0"]
     assert tasks[1].cfg.defenses[0].params["sigma"] == 0.1
-    assert tasks[4].run_dir == tasks[2].run_dir  # lambda 16 on sigma 0.05 is the "+CEM" point
+    assert tasks[4].run_dir == tasks[2].run_dir  # lambda 0.3 on sigma 0.05 is the "+CEM" point
     results = execute(tasks, grid)
     assert [r.task for r in results] == tasks and all(r.ok for r in results)
     assert results[4].attacks == results[2].attacks
     assert len([d for d in os.listdir(grid.runs) if not d.endswith(".lock")]) == 4
 
 
-def result(group: str, cem: bool, seed: int, acc: float, mse_train: float, mse_infer: float) -> TaskResult:
-    task = Task(group, cem, seed, None, None, f"/x/{group}-{cem}-{seed}")  # type: ignore[arg-type]
-    attacks = {"attack-decoder-train": {"mse": mse_train}, "attack-decoder-infer": {"mse": mse_infer}}
-    return TaskResult(task, True, {"test_accuracy": acc}, attacks)
+def result(group: str, arm: str, seed: int, acc: float, mse_train: float, mse_infer: float,
+           counts: bool = True) -> RunResult:
+    task = Task(group, arm, seed, None, None, f"/x/{group}-{arm}-{seed}")  # type: ignore[arg-type]
+    flags = {"counts": counts, "status": "ok" if counts else "did not learn"}
+    attacks = {AttackKey("decoder", "train"): {"mse": mse_train, **flags},
+               AttackKey("decoder", "infer"): {"mse": mse_infer, **flags}}
+    return RunResult(task.run_dir, {"test_accuracy": acc}, attacks, task=task)
 
 
-def test_table_means_spreads_averages_and_gain_match_a_hand_computation() -> None:
-    results = [result("No_defense", False, 0, 0.9, 0.01, 0.01),
-               result("A", False, 0, 0.80, 0.010, 0.020), result("A", False, 1, 0.82, 0.012, 0.022),
-               result("A", True, 0, 0.79, 0.015, 0.025), result("A", True, 1, 0.81, 0.017, 0.027),
-               result("B", False, 0, 0.70, 0.030, 0.040), result("B", True, 0, 0.70, 0.033, 0.050)]
+def test_table_means_spreads_averages_and_gains_match_a_hand_computation() -> None:
+    results = [result("No_defense", "", 0, 0.9, 0.01, 0.01),
+               result("A", "", 0, 0.80, 0.010, 0.020), result("A", "", 1, 0.82, 0.012, 0.022),
+               result("A", "+CEM", 0, 0.79, 0.015, 0.025), result("A", "+CEM", 1, 0.81, 0.017, 0.027),
+               result("B", "", 0, 0.70, 0.030, 0.040), result("B", "+CEM", 0, 0.70, 0.033, 0.050)]
     table = build_table("t", results, columns_for(["decoder"], ["train", "infer"], False))
     labels = [r.label for r in table.rows]
-    assert labels == ["No_defense", "A", "A+CEM", "B", "B+CEM", "Average w/o CEM", "Average w/ CEM",
-                      "Relative gain of CEM"]
+    assert labels == ["No_defense", "A", "A+CEM", "B", "B+CEM", "Average", "Average +CEM", "Gain +CEM vs row"]
     assert table.cell(table.rows[1], 0) == "81.00 ± 1.41" and table.cell(table.rows[1], 1) == "0.0110 ± 0.0014"
     avg_without, avg_with, gain = table.rows[5:]
     assert avg_without.values[1] == [pytest.approx((0.011 + 0.030) / 2)]  # No_defense is not averaged
@@ -104,17 +131,33 @@ def test_table_means_spreads_averages_and_gain_match_a_hand_computation() -> Non
     md = to_markdown(table)
     assert "| A+CEM | 80.00 ± 1.41 | 0.0160 ± 0.0014 | 0.0260 ± 0.0014 |" in md
     rows = list(csv.DictReader(io.StringIO(to_csv(table))))
-    assert rows[1]["method"] == "A" and float(rows[1]["attack-decoder-train_mean"]) == pytest.approx(0.011)
+    assert rows[1]["method"] == "A" and float(rows[1]["attack:decoder:train_mean"]) == pytest.approx(0.011)
     assert rows[1]["accuracy_n"] == "2" and rows[0]["accuracy_std"] == ""
     tex = to_latex(table)
     assert "No\\_defense" in tex and "$\\pm$" in tex and tex.count("\\\\") == len(table.rows) + 1
+    effects = per_row_effects(results, table.columns)
+    assert effects[0][:3] == ["A", "+CEM vs row", "-1.00 pts"] and effects[0][3] == "+45.5%"
+
+
+def test_a_result_that_did_not_learn_is_marked_and_left_out_of_the_averages() -> None:
+    results = [result("A", "", 0, 0.80, 0.010, 0.020), result("A", "+CEM", 0, 0.80, 0.2, 0.2, counts=False),
+               result("A", "+CEM", 1, 0.80, 0.2, 0.2, counts=False),
+               result("B", "", 0, 0.70, 0.030, 0.040), result("B", "+CEM", 0, 0.70, 0.033, 0.050),
+               result("B", "+CEM", 1, 0.70, 0.2, 0.2, counts=False)]
+    table = build_table("t", results, columns_for(["decoder"], ["train"], False))
+    a_cem, b_cem = table.rows[1], table.rows[3]
+    assert table.cell(a_cem, 1) == "did not learn" and table.cell(a_cem, 0) == "80.00 ± 0.00"
+    assert table.cell(b_cem, 1) == "0.0330 (1 of 2 seeds)"  # the seed that did not learn is not in the mean
+    avg_with = table.rows[5]
+    assert avg_with.label == "Average +CEM" and table.cell(avg_with, 1) == "incomplete"  # never averages A's 0.2
 
 
 def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:
-    failed = TaskResult(Task("A", True, 0, None, None, "/x"), False, error="RuntimeError: boom")  # type: ignore
-    table = build_table("t", [result("A", False, 0, 0.8, 0.01, 0.02), failed],
+    task = Task("A", "+CEM", 0, None, None, "/x")  # type: ignore[arg-type]
+    failed = RunResult("/x", error="RuntimeError: boom", task=task)
+    table = build_table("t", [result("A", "", 0, 0.8, 0.01, 0.02), failed],
                         columns_for(["decoder"], ["train"], False))
-    assert table.cell(table.rows[1], 0) == "n/a" and "failed: A +CEM s0" in to_markdown(table)
+    assert table.cell(table.rows[1], 0) == "n/a" and "failed or not run: A+CEM s0" in to_markdown(table)
 
 
 def test_pipeline_reuses_every_finished_step_and_refuses_a_folder_of_another_config(base_yaml, tmp_path) -> None:
@@ -152,13 +195,14 @@ def test_pipeline_resumes_an_interrupted_training_to_the_uninterrupted_result(ba
 
 
 def test_table_command_writes_markdown_csv_latex_and_resumes(base_yaml, tmp_path, capsys) -> None:
-    grid = write_grid(tmp_path, {"name": "tiny-table", "protocols": ["train"], "no_defense": False,
+    grid = write_grid(tmp_path, {"name": "tiny-table", "protocols": ["train"],
+                                 "arms": [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem"}]}],
                                  "rows": [{"label": "Noise", "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}]})
     assert main(["table", grid]) == 0
     out = capsys.readouterr().out
-    assert "| Noise+CEM |" in out and "Relative gain of CEM" in out
+    assert "| Noise+CEM |" in out and "Gain +CEM vs row" in out
     stored = load_stored(str(tmp_path / "out"))
-    assert stored.kind == "table" and [r.task.label for r in stored.results] == ["Noise s0", "Noise +CEM s0"]
+    assert stored.kind == "table" and [r.task.label for r in stored.results] == ["Noise s0", "Noise+CEM s0"]
     md = (tmp_path / "out" / "table.md").read_text()
     acc = 100 * stored.results[1].train["test_accuracy"]
     assert f"| Noise+CEM | {acc:.2f} |" in md
@@ -170,15 +214,21 @@ def test_table_command_writes_markdown_csv_latex_and_resumes(base_yaml, tmp_path
 
 
 def test_sweep_command_draws_curves_scatter_reconstructions_and_costs(base_yaml, tmp_path, capsys) -> None:
-    grid = write_grid(tmp_path, {"name": "tiny-sweep", "protocols": ["train"], "sweeps": [
-        {"label": "cut", "key": "model.cut", "values": [1, 2], "compare_cem": False,
+    # enough training for a victim above chance and an attack that beats the mean image: points that count
+    grid = write_grid(tmp_path, {"name": "tiny-sweep", "protocols": ["train"], "set": [
+        "train.epochs=3", "train.lr=0.02", "train.max_steps_per_epoch=null", "attacks.0.epochs=10",
+        "attacks.0.channels=32", "attacks.0.lr=0.003", "attacks.0.batch_size=16", "attacks.0.train_size=null",
+        "attacks.0.epochs=40", "attacks.0.patience=2", "attacks.0.min_delta=0.05"],
+        "sweeps": [
+        {"label": "cut", "key": "model.cut", "values": [1, 2],
          "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}]})
     assert main(["sweep", grid]) == 0
     from splitshield.experiments.sweep import sweep_sections
 
     sections = sweep_sections(load_stored(str(tmp_path / "out")), str(tmp_path / "figs"))
     images = [path for s in sections for _, path in s.images]
-    assert {os.path.basename(p) for p in images} == {"tradeoff-0.png", "entropy-scatter.png", "reconstructions.png"}
+    assert {os.path.basename(p) for p in images} == {"tradeoff-0-decoder.png", "entropy-scatter.png",
+                                                     "reconstructions-0.png"}
     for path in images:
         with open(path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -193,7 +243,7 @@ def test_run_command_trains_attacks_audits_and_reports(base_yaml, tmp_path, caps
     assert main(argv) == 0
     printed = capsys.readouterr().out
     record = json.loads((out / "results" / "attack-decoder-train.json").read_text())
-    assert f"MSE {record['mse']:.5f}" in printed and "audit: MSE lower bound" in printed
+    assert f"MSE {record['mse']:.5f}" in printed and "audit: I(x; z) <=" in printed
     assert (out / "results" / "audit.json").exists() and (out / "report.html").exists()
     assert load_stored(str(out)).kind == "run"
     shutil.rmtree(out / "results")

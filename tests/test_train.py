@@ -116,19 +116,22 @@ def test_metrics_are_json_lines(tiny_raw, tmp_path) -> None:
 
 
 def test_results_database_gets_one_row_per_run_and_kind(tiny_raw, tmp_path) -> None:
-    from splitshield import resultsdb
+    from splitshield.resolve import resolve
+    from splitshield.resultsdb import ResultsDB
     from splitshield.runs import write_result
 
-    result = train(load_config(tiny_raw), out=str(tmp_path / "r"))
-    write_result(result.run_dir, "audit", {"bound": 1.5})
-    write_result(result.run_dir, "audit", {"bound": 2.5})  # replaces, never duplicates
-    rows = resultsdb.query(run_dir=os.path.abspath(result.run_dir))
+    db = ResultsDB(str(tmp_path / "results.sqlite"))  # an explicit sink: nothing goes to a database otherwise
+    result = train(load_config(tiny_raw), out=str(tmp_path / "r"), sink=db)
+    write_result(result.run_dir, "audit", {"bound": 1.5}, db)
+    write_result(result.run_dir, "audit", {"bound": 2.5}, db)  # replaces, never duplicates
+    write_result(result.run_dir, "efficiency", {"x": 1})  # no sink: the run folder only
+    rows = db.query(run_dir=os.path.abspath(result.run_dir))
     assert sorted(r["kind"] for r in rows) == ["audit", "train"]
     audit = next(r for r in rows if r["kind"] == "audit")
     assert audit["metrics"]["bound"] == 2.5 and audit["dataset"] == "synthetic" and audit["seed"] == 0
     train_row = next(r for r in rows if r["kind"] == "train")
     assert train_row["metrics"]["test_accuracy"] == result.test_accuracy
-    assert train_row["config_hash"] == load_config(tiny_raw).digest()
+    assert train_row["config_hash"] == resolve(load_config(tiny_raw)).digest()  # the run's resolved identity
 
 
 def test_results_database_is_safe_with_concurrent_writers(tiny_raw, tmp_path) -> None:

@@ -69,13 +69,15 @@ class ModelConfig:
     name: str = "vgg11_bn"
     cut: int = 2  # VGG: conv layers c1..c4 on the edge; ResNet-20: convs on the edge (1, 3, 5, ... block ends)
     width: float = 1.0  # channel multiplier (CPU presets use < 1)
-    bottleneck_channels: int = 8  # the paper's 8-channel bottleneck before transmission
+    # The paper's 8-channel bottleneck before transmission (every defense row of its tables has it); null: the
+    # plain cut (the paper's No_defense row), whose features are the cut layer's own (channels x h x w).
+    bottleneck_channels: Optional[int] = 8
 
     def check(self, path: str) -> None:
         if self.width <= 0:
             raise ConfigError(f"{path}.width: must be positive, got {self.width}")
-        if self.bottleneck_channels <= 0:
-            raise ConfigError(f"{path}.bottleneck_channels: must be positive")
+        if self.bottleneck_channels is not None and self.bottleneck_channels <= 0:
+            raise ConfigError(f"{path}.bottleneck_channels: must be positive, or null for no bottleneck")
 
 
 @dataclass

@@ -215,23 +215,24 @@ def merge(base: Any, over: Any) -> Any:
     return over
 
 
-def load_composed(path: str, _seen: tuple[str, ...] = ()) -> dict:
+def load_composed(path: str, _seen: tuple[str, ...] = (), key: str = "base") -> dict:
     """A YAML mapping with its ``base:`` chain resolved: ``base`` (a path relative to this file) is loaded first and
-    this file merged over it (see ``merge``). A missing base or a cycle is a one-line ConfigError."""
+    this file merged over it (see ``merge``). A missing base or a cycle is a one-line ConfigError. ``key`` names
+    the linking key (grid files use ``inherit:``, since their ``base:`` names an experiment)."""
     real = os.path.realpath(path)
     if real in _seen:
-        raise ConfigError(f"{path}: base: chain loops back to itself ({' -> '.join(_seen + (real,))})")
+        raise ConfigError(f"{path}: {key}: chain loops back to itself ({' -> '.join(_seen + (real,))})")
     raw = load_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    base = raw.pop("base", None)
+    base = raw.pop(key, None)
     if base is None:
         return raw
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: must be a path to another YAML file, got {base!r}")
+        raise ConfigError(f"{path}: {key}: must be a path to another YAML file, got {base!r}")
     base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
     if not os.path.isfile(base_path):
-        raise ConfigError(f"{path}: base: {base} not found (paths are relative to {os.path.dirname(path) or '.'})")
-    return merge(load_composed(base_path, _seen + (real,)), raw)
+        raise ConfigError(f"{path}: {key}: {base} not found (paths are relative to {os.path.dirname(path) or '.'})")
+    return merge(load_composed(base_path, _seen + (real,), key), raw)

@@ -2,6 +2,10 @@
 
 SQLite in WAL mode with a busy timeout is safe with concurrent writers (parallel grid workers, several processes)
 and needs no server. Rows are keyed by (run_dir, kind), so re-storing a result replaces it: exactly once per key.
+
+The database is an explicit sink: the command line opens one (``--results-db``, default runs/results.sqlite or
+$SPLITSHIELD_RESULTS_DB) and hands it to what it runs (runs.RunFolder writes to it); library calls without one
+store results in the run folders only.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import sqlite3
 import subprocess
 import time
 from contextlib import closing
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 DEFAULT_DB = os.path.join("runs", "results.sqlite")
 SCHEMA = """
@@ -27,8 +31,25 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-def db_path() -> str:
-    return os.environ.get("SPLITSHIELD_RESULTS_DB", DEFAULT_DB)
+def default_path() -> str:
+    """The command line's default database: $SPLITSHIELD_RESULTS_DB, else runs/results.sqlite."""
+    return os.environ.get("SPLITSHIELD_RESULTS_DB") or DEFAULT_DB
+
+
+class ResultsDB:
+    """A results database file as a sink for runs.RunFolder (``record``) and a source for ``query``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def record(self, run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any]) -> None:
+        record(run_dir, kind, cfg, metrics, path=self.path)
+
+    def query(self, **where: Any) -> list[dict[str, Any]]:
+        return query(self.path, **where)
+
+    def __repr__(self) -> str:
+        return f"ResultsDB({self.path!r})"
 
 
 def code_version() -> str:
@@ -44,8 +65,7 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def connect(path: Optional[str] = None) -> sqlite3.Connection:
-    path = path or db_path()
+def connect(path: str) -> sqlite3.Connection:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # autocommit: transactions are explicit
     conn.execute("PRAGMA busy_timeout=60000")
@@ -70,8 +90,8 @@ def _retry(op: Any, attempts: int = 20) -> Any:
     return None
 
 
-def record(run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any], path: Optional[str] = None) -> None:
-    """Insert or replace the row (run_dir, kind). ``cfg`` is the run's ExperimentConfig."""
+def record(run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any], path: str) -> None:
+    """Insert or replace the row (run_dir, kind) of database ``path``. ``cfg`` is the run's ExperimentConfig."""
     row = (os.path.abspath(run_dir), kind, cfg.name, cfg.data.name, cfg.model.name,
            "+".join(d.name for d in cfg.defenses) or "none", cfg.seed, cfg.digest(), code_version(), time.time(),
            json.dumps(metrics, sort_keys=True, default=float))
@@ -88,7 +108,7 @@ def record(run_dir: str, kind: str, cfg: Any, metrics: dict[str, Any], path: Opt
     _retry(write)
 
 
-def query(path: Optional[str] = None, **where: Any) -> list[dict[str, Any]]:
+def query(path: str, **where: Any) -> list[dict[str, Any]]:
     """Rows matching column=value filters, metrics decoded, oldest first."""
     columns = {"run_dir", "kind", "name", "dataset", "model", "defenses", "seed", "config_hash"}
     bad = set(where) - columns
@@ -100,7 +120,7 @@ def query(path: Optional[str] = None, **where: Any) -> list[dict[str, Any]]:
     if where:
         sql += " WHERE " + " AND ".join(f"{k} = ?" for k in where)
     sql += " ORDER BY created"
-    if not os.path.exists(path or db_path()):
+    if not os.path.exists(path):
         return []
     with closing(connect(path)) as conn:
         conn.row_factory = sqlite3.Row

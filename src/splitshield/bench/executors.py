@@ -30,7 +30,7 @@ BASE: dict[str, Any] = {
 }
 GRID: dict[str, Any] = {
     "name": "bench-executors", "base": "base.yaml", "seeds": [0, 1], "protocols": ["train"], "audit": False,
-    "no_defense": False, "cem": [{"name": "cem", "lam": 16}],
+    "arms": [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem", "lam": 16}]}],
     "rows": [{"label": "Noise", "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}],
 }
 
@@ -68,7 +68,6 @@ def executors(argv: list[str]) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # the local executor runs in this process
     scratch = tempfile.mkdtemp(prefix="splitshield-bench-executors-")
-    saved_db = os.environ.get("SPLITSHIELD_RESULTS_DB")
     print(f"{cpus} CPU cores, load average {os.getloadavg()[0]:.2f}; local: 1 process x {args.threads} "
           f"thread(s); process/ray: {workers} workers x {args.threads} thread(s)")
     times: dict[str, float] = {}
@@ -78,7 +77,6 @@ def executors(argv: list[str]) -> int:
         for name in args.executors:
             folder = os.path.join(scratch, name)
             os.makedirs(folder)
-            os.environ["SPLITSHIELD_RESULTS_DB"] = os.path.join(folder, "results.sqlite")
             grid = load_grid(source, TableConfig, [f"runs={os.path.join(folder, 'runs')}"])
             tasks = table_tasks(grid)
             options: dict[str, Any] = {}
@@ -97,7 +95,7 @@ def executors(argv: list[str]) -> int:
                 options = {"threads": args.threads}
             t0 = time.perf_counter()
             try:
-                results = execute(tasks, grid, name, **options)
+                results = execute(tasks, grid, name, db=os.path.join(folder, "results.sqlite"), **options)
             finally:
                 if name == "ray":
                     ray.shutdown()
@@ -109,10 +107,6 @@ def executors(argv: list[str]) -> int:
             print(f"{name:8s} {times[name]:7.1f} s for {len(tasks)} runs, {ok} ok{extra}")
     finally:
         torch.set_num_threads(threads_before)
-        if saved_db is None:
-            os.environ.pop("SPLITSHIELD_RESULTS_DB", None)
-        else:
-            os.environ["SPLITSHIELD_RESULTS_DB"] = saved_db
         shutil.rmtree(scratch, ignore_errors=True)
     if len(tables) > 1:
         print("same table under every executor:", "yes" if len(set(tables.values())) == 1 else "NO")

@@ -11,15 +11,19 @@ def _attack(args: argparse.Namespace) -> int:
     from splitshield.configtools import apply_overrides
     from splitshield.train.build import load_run
 
+    from splitshield.parallel import select_device
+
     params = apply_overrides({}, args.overrides)
-    run = load_run(args.run_dir, args.device)
-    r = run_attack(run, args.attack, args.protocol, params, seed=args.seed)
+    run = load_run(args.run_dir, select_device(args.device))
+    r = run_attack(run, args.attack, args.protocol, params, seed=args.seed, sink=args.sink)
     acc = "n/a" if r["victim_accuracy"] is None else f"{r['victim_accuracy']:.4f}"
     print(f"attack {r['attack']} ({r['protocol']} protocol, fit {r['split']['n_fit']} / val {r['split']['n_val']}"
           f" / scored {r['n']} images, {r['seconds']:.1f}s)")
     print(f"mse {r['mse']:.5f}  psnr {r['psnr']:.2f} dB  ssim {r['ssim']:.4f}  victim accuracy {acc}")
     b = r["baseline"]
     print(f"mean-image baseline: mse {b['mse']:.5f}  psnr {b['psnr']:.2f} dB  ssim {b['ssim']:.4f}")
+    print(f"status: {r['status']}" + ("" if r["counts"] else " (this result does not count as evidence: "
+                                      "docs/attacks.md, What counts)"))
     print(f"stored: {args.run_dir}/results/attack-{args.attack}-{args.protocol}.json")
     return 0
 
@@ -45,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override an attack hyper-parameter, e.g. --set epochs=5 (on top of the run's attacks: "
                         "entry, else the paper defaults)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (data split, noise, initialisation)")
-    p.add_argument("--device", default="cpu", help="torch device for the victim and the attacker")
+    p.add_argument("--device", default="auto", help="torch device for the victim and the attacker (default: the "
+                   "GPU when there is one)")
     p.set_defaults(handler=_attack)
 
     f = sub.add_parser("figure", help="draw originals and stored attack reconstructions as a PNG grid")

@@ -9,7 +9,7 @@ import sys
 
 def _results(args: argparse.Namespace) -> int:
     from splitshield.errors import UserError
-    from splitshield.resultsdb import flatten, query
+    from splitshield.resultsdb import default_path, flatten, query
 
     where = {}
     for item in args.where:
@@ -17,7 +17,7 @@ def _results(args: argparse.Namespace) -> int:
             raise UserError(f"--where {item!r}: expected COLUMN=VALUE, e.g. --where dataset=fashion-mnist")
         key, value = item.split("=", 1)
         where[key] = int(value) if key == "seed" and value.lstrip("-").isdigit() else value
-    rows = flatten(query(args.db, **where))
+    rows = flatten(query(args.db or args.results_db or default_path(), **where))
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()
@@ -40,7 +40,8 @@ def _results(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="query or export the results database (runs/results.sqlite)")
-    p.add_argument("--db", default=None, help="database file (default $SPLITSHIELD_RESULTS_DB or runs/results.sqlite)")
+    p.add_argument("--db", default=None, help="database file (default: --results-db, $SPLITSHIELD_RESULTS_DB or "
+                   "runs/results.sqlite)")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                    help="filter: run_dir, kind, name, dataset, model, defenses, seed, config_hash")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")

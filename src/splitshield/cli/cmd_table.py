@@ -1,4 +1,5 @@
-"""splitshield table GRID: the paper's Table 1 (defenses x {without, with CEM} x seeds), resumable."""
+"""splitshield table GRID: the paper's Table 1 (rows x arms x seeds, e.g. each defense without, with the same
+noise, and with CEM), resumable."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,6 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("table", help="run a defense x {w/o, w/ CEM} x seeds grid and render the paper's Table 1")
+    p = sub.add_parser("table", help="run a rows x arms x seeds grid and render the paper's Table 1")
     add_grid_args(p, "table grid YAML, e.g. configs/quick-fmnist-table.yaml")
     p.set_defaults(handler=_table)

@@ -58,4 +58,5 @@ def run_grid(args: argparse.Namespace, kind: str) -> Optional[tuple[Any, list]]:
         return None
     write_manifest(grid, kind, tasks, args.argv)
     options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries") if getattr(args, k) is not None}
-    return grid, execute(tasks, grid, args.executor, **options)
+    db = args.sink.path if args.sink is not None else None
+    return grid, execute(tasks, grid, args.executor, db=db, **options)

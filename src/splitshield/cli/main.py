@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"splitshield {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("--results-db", metavar="PATH", help="results database every stored result also goes to "
+                        "(default $SPLITSHIELD_RESULTS_DB or runs/results.sqlite; 'none': run folders only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     import splitshield.cli as pkg
 
@@ -37,6 +39,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from splitshield.resultsdb import ResultsDB, default_path
+
+    db = args.results_db or default_path()
+    args.sink = None if db == "none" else ResultsDB(db)  # explicit: commands hand it to what they run
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     try:

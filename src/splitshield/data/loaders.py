@@ -6,8 +6,10 @@ resumes all of them), and batches that together are exactly the single-process b
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
@@ -88,6 +90,17 @@ def make_source(cfg: DataConfig) -> DataSource:
     return DATASETS.get(cfg.name)(root=cfg.root, download=cfg.download)
 
 
+@functools.lru_cache(maxsize=8)
+def _split(name: str, root: Optional[str], download: bool, data_env: Optional[str], split: str) -> Dataset:
+    """A dataset split decoded once per process (training, every attack, the audit and the export of a run all
+    read the same files); keyed by where it is read from, including $SPLITSHIELD_DATA."""
+    return DATASETS.get(name)(root=root, download=download).load(split)  # type: ignore[arg-type]
+
+
+def load_split(cfg: DataConfig, split: str) -> Dataset:
+    return _split(cfg.name, cfg.root, cfg.download, os.environ.get("SPLITSHIELD_DATA"), split)
+
+
 def subset(dataset: Dataset, size: int | None, seed: int, what: str) -> Dataset:
     """The first ``size`` items of a seeded permutation: the same subset for the same seed, on any machine."""
     n = len(dataset)  # type: ignore[arg-type]
@@ -110,8 +123,8 @@ def build_data(cfg: DataConfig, seed: int, *, train_shuffle: bool = True, rank: 
     the global batch, B / world rows per rank, and each rank evaluates rows r::N of the test set)."""
     source = make_source(cfg)
     info = source.dataset_info()
-    train = subset(source.load("train"), cfg.train_size, seed, "train")
-    test = subset(source.load("test"), cfg.test_size, seed + 1, "test")
+    train = subset(load_split(cfg, "train"), cfg.train_size, seed, "train")
+    test = subset(load_split(cfg, "test"), cfg.test_size, seed + 1, "test")
     g = torch.Generator().manual_seed(seed)
     augment_args = dict(crop_padding=info.crop_padding if cfg.augment else 0, hflip=info.hflip and cfg.augment,
                         rotation=info.rotation if cfg.augment else 0.0,

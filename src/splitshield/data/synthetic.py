@@ -17,11 +17,13 @@ class Synthetic(DataSource):
     def load(self, split: Split) -> TensorImageDataset:
         info = self.dataset_info()
         g = torch.Generator().manual_seed(1234)
-        templates = torch.rand(info.num_classes, info.channels, info.size, info.size, generator=g)
+        # float32 whatever torch's default dtype: the same images in every process (they are rounded to uint8)
+        templates = torch.rand(info.num_classes, info.channels, info.size, info.size, generator=g,
+                               dtype=torch.float32)
         g.manual_seed(1 if split == "train" else 2)
         n = self.sizes[split]
         labels = torch.arange(n) % info.num_classes
-        noise = 0.25 * torch.randn(n, info.channels, info.size, info.size, generator=g)
+        noise = 0.25 * torch.randn(n, info.channels, info.size, info.size, generator=g, dtype=torch.float32)
         images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
         return TensorImageDataset(images, labels)
 

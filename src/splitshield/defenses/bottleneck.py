@@ -1,11 +1,11 @@
 """The paper's bottleneck as a defense: force the width of the transmitted feature to ``channels``.
 
-Every model already ends its edge with a bottleneck (conv to ``model.bottleneck_channels``, then a sigmoid) and
-starts its cloud with a conv back up; that is the baseline all defenses share (CEM paper, Sec. 4.1). This
-component makes "bottleneck" an explicit row of a benchmark table: it rebuilds the bottleneck conv with
-``channels`` outputs and the cloud's first conv with ``channels`` inputs (fresh weights), whatever the model
-config says. ``channels: null`` keeps the model's own bottleneck (the identity setting); so does a value equal to
-the model's current width (no weights are touched).
+By default every model ends its edge with a bottleneck (conv to ``model.bottleneck_channels``, then a sigmoid) and
+starts its cloud with a conv back up; that is the baseline all defenses share (CEM paper, Sec. 4.1). This component
+sets the bottleneck's width explicitly: on a model built without one (``model.bottleneck_channels: null``, the
+paper's No_defense) it adds one; on a model with one it rebuilds the bottleneck conv with ``channels`` outputs and
+the cloud's first conv with ``channels`` inputs (fresh weights). ``channels: null`` keeps the model as it is (the
+identity setting); so does a value equal to the model's current bottleneck width (no weights are touched).
 
 Example::
 
@@ -20,15 +20,23 @@ from torch import nn
 
 from splitshield.defenses.base import DEFENSES, Defense, Stage
 from splitshield.errors import ConfigError
-from splitshield.models.base import Bottleneck, Edge, SplitModel, SplitSpec
+from splitshield.models.base import Bottleneck, Edge, SplitModel, SplitSpec, conv_bn_relu
+
+
+def add_bottleneck(model: SplitModel, channels: int) -> SplitModel:
+    """The plain cut plus the paper's bottleneck: a ``channels``-wide conv + sigmoid on the edge, a conv back up to
+    the cut's width first on the cloud."""
+    c, h, w = model.spec.feature_shape
+    edge = Edge(*list(model.edge), Bottleneck(c, channels))
+    cloud = nn.Sequential(conv_bn_relu(channels, c), *list(model.cloud))
+    return SplitModel(edge, cloud, SplitSpec(model.spec.input_shape, (channels, h, w), model.spec.num_classes))
 
 
 def replace_bottleneck(model: SplitModel, channels: int) -> SplitModel:
     """A model whose edge ends in a ``channels``-wide bottleneck and whose cloud's first conv reads it."""
     old = model.edge[-1]
     if not isinstance(old, Bottleneck):
-        raise ConfigError(f"the edge of this model ends in {type(old).__name__}, not a Bottleneck; put "
-                          "'bottleneck' before defenses that replace the edge's last layer")
+        return add_bottleneck(model, channels)
     first = next((m for m in model.cloud.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None or first.in_channels != old.conv.out_channels:
         raise ConfigError("the cloud does not start with a conv reading the bottleneck; 'bottleneck' needs a model "
@@ -69,6 +77,7 @@ class BottleneckDefense(Defense):
         return self.cfg.channels is None
 
     def adapt_model(self, model: SplitModel) -> SplitModel:
-        if self.cfg.channels is None or self.cfg.channels == model.feature_shape[0]:
+        has = isinstance(model.edge[-1], Bottleneck)
+        if self.cfg.channels is None or (has and self.cfg.channels == model.feature_shape[0]):
             return model
         return replace_bottleneck(model, self.cfg.channels)

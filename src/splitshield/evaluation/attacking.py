@@ -14,7 +14,8 @@ from splitshield.attacks import ATTACKS
 from splitshield.attacks._protocols import ProtocolSplit, split_protocol
 from splitshield.errors import ConfigError
 from splitshield.evaluation.metrics import reconstruction_metrics
-from splitshield.runs import RESULTS_DIR, read_metrics, write_result
+from splitshield.data import DataBundle, build_data
+from splitshield.runs import RESULTS_DIR, AttackKey, ResultSink, RunFolder, read_metrics
 from splitshield.train.build import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
@@ -71,20 +72,20 @@ def assess(record: dict[str, Any], num_classes: int) -> dict[str, Any]:
 
 
 def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Optional[dict[str, Any]] = None,
-               seed: int = 0, *, store: bool = True, device: Optional[str] = None) -> dict[str, Any]:
+               seed: int = 0, *, store: bool = True, device: Optional[str] = None,
+               data: Optional[DataBundle] = None, sink: Optional[ResultSink] = None) -> dict[str, Any]:
     """Run attack ``name`` under ``protocol`` ("train" or "infer") against a trained run and score it.
 
     Returns {"attack", "protocol", "seed", "config", "split", "mse", "psnr", "ssim", "n", "victim_accuracy",
     "baseline" (mean-image metrics), "seconds", "info"}; with ``store``, also writes it to
     results/attack-<name>-<protocol>.json in the run directory, with reconstructions of the first scored images
-    (results/attack-<name>-<protocol>.recon.pt, for figures).
+    (results/attack-<name>-<protocol>.recon.pt, for figures), and to ``sink`` (a results database) if given.
+    ``data``: the run's datasets when the caller has them already (built once per run, not once per attack).
     """
-    from splitshield.data import build_data
-
     if isinstance(run, str):
         run = load_run(run, device or "cpu")
     cfg = resolve_attack_config(run, name, params)
-    data = build_data(run.cfg.data, run.cfg.seed)
+    data = data or build_data(run.cfg.data, run.cfg.seed)
     test = dataset_images(data.test)
     train = dataset_images(data.train) if protocol == "train" else test[:0]
     split: ProtocolSplit = split_protocol(protocol, len(data.train), len(test), seed=seed,  # type: ignore[arg-type]
@@ -94,8 +95,9 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
     x_fit, x_val, x_score = own[split.fit], own[split.val], test[split.score]
     if len(x_fit) < 1 or len(x_score) < 1:
         raise ConfigError(f"protocol {protocol!r} leaves no images to fit or score; use a larger dataset")
-    results_dir = os.path.join(run.run_dir, RESULTS_DIR)
-    artifacts = os.path.join(results_dir, f"attack-{protocol}-s{seed}-") if run.run_dir else None
+    folder = RunFolder(run.run_dir, sink)
+    key = AttackKey(name, protocol)
+    artifacts = os.path.join(run.run_dir, RESULTS_DIR, f"attack-{protocol}-s{seed}-") if run.run_dir else None
     attack = ATTACKS.get(name)(cfg, run, image_shape=tuple(run.info.input_shape), seed=seed, artifacts=artifacts,
                                save_artifacts=store)
     log.info("attack %s (%s protocol): fit %d, val %d, score %d images", name, protocol, len(x_fit), len(x_val),
@@ -115,12 +117,10 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
     }
     record.update(assess(record, int(run.info.num_classes)))
     if store and run.run_dir:
-        key = f"attack-{name}-{protocol}"
-        write_result(run.run_dir, key, record)
+        folder.write(key, record)
         k = min(FIGURE_IMAGES, len(recon))
         torch.save({"indices": split.score[:k], "original": x_score[:k],
-                    "reconstruction": recon[:k].mul(255).round().to(torch.uint8)},
-                   os.path.join(results_dir, f"{key}.recon.pt"))
+                    "reconstruction": recon[:k].mul(255).round().to(torch.uint8)}, folder.result_path(key, ".recon.pt"))
     log.info("attack %s (%s): mse %.5f  psnr %.2f dB  ssim %.4f  (%.1fs) %s", name, protocol, record["mse"],
              record["psnr"], record["ssim"], seconds, record["status"])
     return record

@@ -1,6 +1,6 @@
 """Grid executors beyond the in-process one: worker processes and Ray (see tasks.EXECUTORS).
 
-A grid's runs are independent tasks. Every executor runs each through ``grid.run_task`` (the resumable pipeline),
+A grid's runs are independent tasks. Every executor runs each through ``tasks.run_task`` (the resumable pipeline),
 reports progress from this process as tasks finish, and returns the results in task order.
 
 - ``process``: spawned worker processes on this machine, ``workers`` at a time with ``threads`` torch threads each
@@ -24,35 +24,36 @@ from typing import Any, Callable, Hashable, Optional, Sequence, Union
 import torch
 
 from splitshield.errors import UserError
-from splitshield.experiments.tasks import EXECUTORS, Progress, TaskResult, run_task
-from splitshield.experiments.spec import GridCommon, Task
+from splitshield.experiments.results import RunResult
+from splitshield.experiments.tasks import EXECUTORS, Job, Progress, run_task
+from splitshield.experiments.spec import Task
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[Task, Sequence[str], Sequence[str], bool], TaskResult]  # run_task's signature
-Outcome = Union[TaskResult, BaseException]
+Runner = Callable[[Task, Job], RunResult]  # run_task's signature
+Outcome = Union[RunResult, BaseException]
 
 
 def run_with_retries(tasks: Sequence[Task], submit: Callable[[int], Hashable],
                      wait_one: Callable[[list[Hashable]], tuple[Hashable, Outcome]], progress: Progress,
-                     retries: int = 0) -> list[TaskResult]:
+                     retries: int = 0) -> list[RunResult]:
     """Submit every task, collect them as they finish and resubmit a failed one up to ``retries`` times.
 
     ``submit(i)`` starts task i and returns a handle (a future, a Ray object reference); ``wait_one(handles)``
-    blocks until one of them finishes and returns it with its TaskResult, or the exception it ended with (a
+    blocks until one of them finishes and returns it with its RunResult, or the exception it ended with (a
     crashed worker, a lost node), which counts as a failure. Progress is updated once per task, with its final
     result; results come back in task order, holding the caller's Task objects."""
     pending = {submit(i): i for i in range(len(tasks))}
     attempts = [1] * len(tasks)
-    results: list[Optional[TaskResult]] = [None] * len(tasks)
+    results: list[Optional[RunResult]] = [None] * len(tasks)
     while pending:
         handle, outcome = wait_one(list(pending))
         i = pending.pop(handle)
-        if isinstance(outcome, TaskResult):
+        if isinstance(outcome, RunResult):
             result = dataclasses.replace(outcome, task=tasks[i])
         else:
             first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
-            result = TaskResult(tasks[i], False, error=f"{type(outcome).__name__}: {first}"[:300])
+            result = RunResult(tasks[i].run_dir, error=f"{type(outcome).__name__}: {first}"[:300], task=tasks[i])
         if not result.ok and attempts[i] <= retries:
             log.warning("%s failed (%s); retry %d of %d", tasks[i].label, result.error, attempts[i], retries)
             attempts[i] += 1
@@ -80,8 +81,8 @@ def _init_worker(threads: int, gpus: Any) -> None:
 
 
 @EXECUTORS.register("process")
-def process_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress, *, workers: Optional[int] = None,
-                     threads: int = 1, retries: int = 0, runner: Runner = run_task, **_: Any) -> list[TaskResult]:
+def process_executor(tasks: Sequence[Task], job: Job, progress: Progress, *, workers: Optional[int] = None,
+                     threads: int = 1, retries: int = 0, runner: Runner = run_task, **_: Any) -> list[RunResult]:
     """Tasks in a pool of spawned processes (fresh interpreters: no CUDA or thread state inherited)."""
     import concurrent.futures as cf
     import multiprocessing
@@ -97,7 +98,7 @@ def process_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress
         slots.put(gpus[w % len(gpus)] if gpus else None)
     with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, slots)) as pool:
         def submit(i: int) -> Hashable:
-            return pool.submit(runner, tasks[i], grid.attacks, grid.protocols, grid.audit)
+            return pool.submit(runner, tasks[i], job)
 
         def wait_one(handles: list[Hashable]) -> tuple[Hashable, Outcome]:
             done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)  # type: ignore[arg-type]
@@ -118,22 +119,19 @@ def _import_ray() -> Any:
     return ray
 
 
-def _ray_run(runner: Runner, task: Task, attacks: Sequence[str], protocols: Sequence[str], audit: bool,
-             threads: int, env: dict[str, str], cwd: str) -> TaskResult:
+def _ray_run(runner: Runner, task: Task, job: Job, threads: int, env: dict[str, str], cwd: str) -> RunResult:
     """One task in a Ray worker, with the driver's settings (results database, data folder, working folder)."""
     os.environ.update(env)
     if os.path.isdir(cwd):  # the same folder on every node when it is shared; run folders are absolute anyway
         os.chdir(cwd)
     torch.set_num_threads(threads)
-    return runner(task, attacks, protocols, audit)
+    return runner(task, job)
 
 
 @EXECUTORS.register("ray")
-def ray_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress, *, address: Optional[str] = None,
-                 threads: int = 1, retries: int = 2, runner: Runner = run_task, **_: Any) -> list[TaskResult]:
+def ray_executor(tasks: Sequence[Task], job: Job, progress: Progress, *, address: Optional[str] = None,
+                 threads: int = 1, retries: int = 2, runner: Runner = run_task, **_: Any) -> list[RunResult]:
     """Tasks as Ray tasks on a cluster (``address``) or on a local one started here and stopped at the end."""
-    from splitshield import resultsdb
-
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -147,13 +145,13 @@ def ray_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress, *,
         # sets); otherwise `threads` CPUs, matching the torch threads the run uses.
         resources = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {}
         remote = ray.remote(_ray_run).options(num_cpus=threads, max_retries=0, **resources)  # retries: below
-        env = {k: v for k, v in os.environ.items() if k.startswith("SPLITSHIELD_")}
-        env["SPLITSHIELD_RESULTS_DB"] = os.path.abspath(resultsdb.db_path())
+        env = {k: v for k, v in os.environ.items() if k.startswith("SPLITSHIELD_")}  # e.g. the data folder
         shipped = [dataclasses.replace(t, run_dir=os.path.abspath(t.run_dir)) for t in tasks]
+        job = dataclasses.replace(job, db=os.path.abspath(job.db) if job.db else None)
         cwd = os.getcwd()
 
         def submit(i: int) -> Hashable:
-            return remote.remote(runner, shipped[i], grid.attacks, grid.protocols, grid.audit, threads, env, cwd)
+            return remote.remote(runner, shipped[i], job, threads, env, cwd)
 
         def wait_one(handles: list[Hashable]) -> tuple[Hashable, Outcome]:
             ready, _ = ray.wait(handles, num_returns=1)

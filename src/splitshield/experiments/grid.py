@@ -12,31 +12,47 @@ import logging
 import os
 import shlex
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 from splitshield.experiments import executors  # noqa: F401  (registers the process and ray executors)
 from splitshield.experiments.spec import GridCommon, Task
-from splitshield.experiments.tasks import EXECUTORS, Progress, TaskResult
+from splitshield.experiments.results import RunResult
+from splitshield.experiments.tasks import EXECUTORS, Job, Progress
 
 log = logging.getLogger(__name__)
 
-def execute(tasks: Sequence[Task], grid: GridCommon, executor: str = "local", **options: Any) -> list[TaskResult]:
-    """Run ``tasks`` with the named executor; every executor returns the results in task order."""
+def execute(tasks: Sequence[Task], grid: GridCommon, executor: str = "local", *, db: Optional[str] = None,
+            **options: Any) -> list[RunResult]:
+    """Run ``tasks`` with the named executor (results also into database ``db``, a path, when given); every
+    executor returns the results in task order."""
     run = EXECUTORS.get(executor)
-    # Two tasks of a grid can be the same experiment (a sweep's shared point): run each folder once, so parallel
-    # executors never train into one folder twice, and give every task its folder's result.
+    # Two tasks of a grid can be the same experiment (a sweep's shared point, a table arm that is its row): run each
+    # folder once, so parallel executors never train into one folder twice, and give every task its folder's result.
     first: dict[str, Task] = {}
     for t in tasks:
         first.setdefault(t.run_dir, t)
     unique = list(first.values())
-    print(f"grid {grid.name}: {len(unique)} runs in {grid.runs}, report in {grid.out} ({executor} executor)", file=sys.stderr, flush=True)
-    done = {r.task.run_dir: r for r in run(unique, grid, Progress(len(unique)), **options)}
+    print(f"grid {grid.name}: {len(unique)} runs in {grid.runs}, report in {grid.out} ({executor} executor)",
+          file=sys.stderr, flush=True)
+    done = {r.task.run_dir: r for r in run(unique, Job.of(grid, db), Progress(len(unique)), **options)}
     return [dataclasses.replace(done[t.run_dir], task=t) for t in tasks]
 
 
 MANIFEST = "grid.json"
+
+
+def _write_json(path: str, body: dict[str, Any]) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(body, fh, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def _command(argv: Sequence[str]) -> str:
+    return "splitshield " + " ".join(shlex.quote(a) for a in argv)  # how to reproduce the folder
 
 
 def write_manifest(grid: GridCommon, kind: str, tasks: Sequence[Task], argv: Sequence[str] = ()) -> str:
@@ -45,38 +61,42 @@ def write_manifest(grid: GridCommon, kind: str, tasks: Sequence[Task], argv: Seq
     from splitshield.configtools import to_dict
 
     out = str(grid.out or grid.runs)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, MANIFEST)
-    command = "splitshield " + " ".join(shlex.quote(a) for a in argv)  # how to reproduce this folder
-    body = {"kind": kind, "grid": to_dict(grid), "command": command,
-            "tasks": [{"group": t.group, "cem": t.cem, "seed": t.seed, "value": t.value,
+    body = {"kind": kind, "grid": to_dict(grid), "command": _command(argv),
+            "tasks": [{"group": t.group, "arm": t.arm, "seed": t.seed, "value": t.value,
                        "run_dir": os.path.relpath(t.run_dir, out)} for t in tasks]}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(body, fh, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    return _write_json(os.path.join(out, MANIFEST), body)
+
+
+def write_run_manifest(run_dir: str, attacks: Sequence[str], protocols: Sequence[str], argv: Sequence[str] = ()
+                       ) -> str:
+    """``<run>/grid.json`` for a single run (``splitshield run``): the report reads a run folder as it reads a grid
+    folder, with the run as its one result."""
+    body = {"kind": "run", "grid": {"attacks": list(attacks), "protocols": list(protocols)},
+            "command": _command(argv), "tasks": [{"group": "run", "arm": "", "seed": None, "value": None,
+                                                   "run_dir": "."}]}
+    return _write_json(os.path.join(run_dir, MANIFEST), body)
 
 
 @dataclass
 class StoredGrid:
-    """A grid folder as stored: what kind of grid, its config (as a dict), the command that made it, results."""
+    """A grid (or run) folder as stored: its kind, its config (as a dict), the command that made it, and one
+    RunResult per task (the same type the pipeline returns)."""
 
     runs: str
     kind: str  # "table", "sweep" or "run"
     grid: dict[str, Any]
     command: str
-    results: list[TaskResult]
+    results: list[RunResult]
 
 
 def load_stored(runs: str) -> StoredGrid:
     """A grid folder's grid.json plus each run's stored results (runs not finished yet have ok=False)."""
     from splitshield.errors import UserError
-    from splitshield.runs import load_run_config, read_results
+    from splitshield.runs import RunFolder
 
     path = os.path.join(runs, MANIFEST)
     if not os.path.isfile(path):
-        raise UserError(f"{runs} has no {MANIFEST}; pass the folder a 'splitshield table' or 'sweep' wrote")
+        raise UserError(f"{runs} has no {MANIFEST}; pass a folder that 'splitshield table', 'sweep' or 'run' wrote")
     with open(path, encoding="utf-8") as fh:
         try:
             body = json.load(fh)
@@ -87,12 +107,10 @@ def load_stored(runs: str) -> StoredGrid:
                         "again to rewrite it")
     results = []
     for item in body["tasks"]:
-        run_dir = os.path.join(runs, item["run_dir"])
-        stored = read_results(run_dir)
-        cfg = load_run_config(run_dir) if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
-        task = Task(item["group"], bool(item["cem"]), int(item["seed"]), item["value"], cfg, run_dir)  # type: ignore
-        attacks = {k: v for k, v in stored.items() if k.startswith("attack-")}
-        ok = "train" in stored
-        results.append(TaskResult(task, ok, stored.get("train", {}), attacks, stored.get("audit"),
-                                  stored.get("efficiency", {}), [], 0.0, "" if ok else "not run yet"))
+        folder = RunFolder(os.path.normpath(os.path.join(runs, item["run_dir"])))
+        cfg = folder.config if folder.exists else None
+        # Manifests written before arms existed had "cem": true/false for the two arms of a table.
+        arm = item.get("arm", "+CEM" if item.get("cem") else "")
+        task = Task(item["group"], arm, item["seed"], item["value"], cfg, folder.path)  # type: ignore[arg-type]
+        results.append(RunResult.from_folder(folder, task))
     return StoredGrid(runs, body["kind"], body["grid"], body.get("command", ""), results)

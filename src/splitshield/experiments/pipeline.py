@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Iterator, Optional, Sequence
 
 from splitshield.config import ExperimentConfig
 from splitshield.errors import ConfigError
+from splitshield.experiments.results import RunResult
+from splitshield.runs import AUDIT, EFFICIENCY, TRAIN, AttackKey, ResultSink, RunFolder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ATTACKS = ("decoder",)
-
-
-@dataclass
-class PipelineResult:
-    run_dir: str
-    train: dict[str, Any]
-    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # "attack-<name>-<protocol>" -> record
-    audit: Optional[dict[str, Any]] = None
-    efficiency: dict[str, Any] = field(default_factory=dict)  # parameters, MACs (flop_counter) of edge and cloud
-    computed: list[str] = field(default_factory=list)  # the steps this call ran (the rest were reused)
 
 
 def attack_names(cfg: ExperimentConfig, names: Optional[Sequence[str]] = None) -> list[str]:
@@ -42,14 +35,12 @@ def attack_names(cfg: ExperimentConfig, names: Optional[Sequence[str]] = None) -
 
 
 def trained(run_dir: str, epochs: int) -> bool:
-    from splitshield.runs import read_metrics
-
-    done = read_metrics(run_dir)
-    return bool(done) and done[-1]["epoch"] >= epochs and os.path.exists(os.path.join(run_dir, "results",
-                                                                                       "train.json"))
+    folder = RunFolder(run_dir)
+    done = folder.metrics()
+    return bool(done) and done[-1]["epoch"] >= epochs and folder.read(TRAIN) is not None
 
 
-def ensure_trained(cfg: ExperimentConfig, run_dir: str) -> bool:
+def ensure_trained(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSink] = None) -> bool:
     """Train ``cfg`` into ``run_dir``, resume it if interrupted, or do nothing if finished. True if it trained."""
     from splitshield.resolve import resolve
     from splitshield.runs import load_run_config
@@ -64,9 +55,9 @@ def ensure_trained(cfg: ExperimentConfig, run_dir: str) -> bool:
                               f"{cfg.digest()[:8]}); choose another output folder or delete it")
         if trained(run_dir, cfg.train.epochs):
             return False
-        train(cfg, resume_dir=run_dir)
+        train(cfg, resume_dir=run_dir, sink=sink)
     else:
-        train(cfg, out=run_dir)
+        train(cfg, out=run_dir, sink=sink)
     return True
 
 
@@ -74,9 +65,8 @@ def stored_attack(run: Any, name: str, protocol: str, seed: int, params: Optiona
                   ) -> Optional[dict[str, Any]]:
     """The stored result of attack ``name`` under ``protocol`` if it was made with the same config and seed."""
     from splitshield.evaluation.attacking import resolve_attack_config
-    from splitshield.runs import read_results
 
-    stored = read_results(run.run_dir).get(f"attack-{name}-{protocol}")
+    stored = RunFolder(run.run_dir).read(AttackKey(name, protocol))
     if stored is None or stored.get("seed") != seed:
         return None
     wanted = asdict(resolve_attack_config(run, name, params))
@@ -113,57 +103,45 @@ def run_lock(run_dir: str) -> Iterator[None]:
 
 def run_pipeline(cfg: ExperimentConfig, run_dir: str, *, attacks: Optional[Sequence[str]] = None,
                  protocols: Sequence[str] = ("train",), audit: bool = True, attack_seed: Optional[int] = None,
-                 device: str = "cpu") -> PipelineResult:
-    """Train, then every (attack, protocol), then the entropy audit; returns all records."""
+                 device: str = "cpu", sink: Optional[ResultSink] = None) -> RunResult:
+    """Train, then every (attack, protocol), then the entropy audit and the efficiency count; returns all records.
+    Every stored result also goes to ``sink`` (a results database) when given."""
     with run_lock(run_dir):
-        return _pipeline(cfg, run_dir, attacks, protocols, audit, attack_seed, device)
+        return _pipeline(cfg, run_dir, attacks, protocols, audit, attack_seed, device, sink)
 
 
 def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[str]], protocols: Sequence[str],
-              audit: bool, attack_seed: Optional[int], device: str) -> PipelineResult:
+              audit: bool, attack_seed: Optional[int], device: str, sink: Optional[ResultSink]) -> RunResult:
+    from splitshield import parallel
+    from splitshield.data import build_data
     from splitshield.evaluation.attacking import run_attack
-    from splitshield.runs import read_results
     from splitshield.train.build import load_run
 
+    started = time.perf_counter()
     names = attack_names(cfg, attacks)
     seed = cfg.seed if attack_seed is None else attack_seed
-    computed = ["train"] if ensure_trained(cfg, run_dir) else []
-    from splitshield import parallel
-
+    computed = ["train"] if ensure_trained(cfg, run_dir, sink) else []
     if not parallel.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
-        return PipelineResult(run_dir, {}, computed=computed)
-    run = load_run(run_dir, device)
-    records: dict[str, dict[str, Any]] = {}
+        return RunResult(run_dir, computed=computed)
+    folder = RunFolder(run_dir, sink)
+    data = build_data(folder.config.data, folder.config.seed, train_shuffle=False)  # once for every step below
+    run = load_run(run_dir, device, info=data.info)
     for name in names:
         for protocol in protocols:
-            key = f"attack-{name}-{protocol}"
-            record = stored_attack(run, name, protocol, seed)
-            if record is None:
-                record = run_attack(run, name, protocol, seed=seed)
-                computed.append(key)
-            records[key] = record
-    audit_record = read_results(run_dir).get("audit") if audit else None
-    if audit and (audit_record is None or audit_record.get("epoch") != run.epoch):
-        audit_record = _audit(run)
+            if stored_attack(run, name, protocol, seed) is None:
+                run_attack(run, name, protocol, seed=seed, data=data, sink=sink)
+                computed.append(AttackKey(name, protocol).text)
+    stored_audit = folder.read(AUDIT) if audit else None
+    if audit and (stored_audit is None or stored_audit.get("epoch") != run.epoch):
+        from splitshield.evaluation.entropy import audit as entropy_audit
+
+        folder.write(AUDIT, entropy_audit(run, data.train))
         computed.append("audit")
-    stored = read_results(run_dir)
-    efficiency = stored.get("efficiency")
-    if efficiency is None:  # cheap (one image through flop_counter, 20 timed passes), so every run gets it
+    if folder.read(EFFICIENCY) is None:  # cheap (one image through flop_counter, 20 timed passes): every run has it
         from splitshield.evaluation.efficiency import split_efficiency
-        from splitshield.runs import write_result
 
-        efficiency = split_efficiency(run.model, latency=True).to_dict()
-        write_result(run_dir, "efficiency", efficiency)
+        folder.write(EFFICIENCY, split_efficiency(run.model, latency=True).to_dict())
     log.info("%s: %s", run_dir, "computed " + ", ".join(computed) if computed else "all steps reused")
-    return PipelineResult(run_dir, stored["train"], records, audit_record, efficiency, computed)
-
-
-def _audit(run: Any) -> dict[str, Any]:
-    from splitshield.data import build_data
-    from splitshield.evaluation.entropy import audit
-    from splitshield.runs import write_result
-
-    data = build_data(run.cfg.data, run.cfg.seed, train_shuffle=False)
-    record = audit(run, data.train)
-    write_result(run.run_dir, "audit", record)
-    return record
+    result = RunResult.from_folder(RunFolder(run_dir))
+    result.computed, result.seconds = computed, time.perf_counter() - started
+    return result

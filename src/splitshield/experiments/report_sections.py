@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from splitshield.errors import UserError
 from splitshield.experiments.grid import StoredGrid
-from splitshield.experiments.tasks import TaskResult
+from splitshield.experiments.results import RunResult, status
 from splitshield.experiments.sections import Section, SimpleTable
 
 
@@ -33,8 +33,8 @@ def _fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _row_label(result: TaskResult) -> str:
-    return result.task.group + ("+CEM" if result.task.cem else "")  # as experiments/tables.py names rows
+def _row_label(result: RunResult) -> str:
+    return result.task.row  # type: ignore[union-attr]  (as experiments/tables.py names rows)
 
 
 def _shown_path(path: str) -> str:
@@ -62,18 +62,31 @@ def _join(items: Any) -> str:
 
 
 def _table(stored: StoredGrid) -> Section:
-    from splitshield.experiments.tables import table_from_stored
+    from splitshield.experiments.tables import per_row_effects, table_from_stored
 
     table = table_from_stored(stored.grid, stored.results)
     rows = [[row.label] + [table.cell(row, i) for i in range(len(table.columns))] for row in table.rows]
     paragraphs = ["Cells: mean over the finished seeds, ± the sample standard deviation when there are several. "
                   "Acc.: the victim's test accuracy. MSE: mean squared error of the attack's reconstructions "
                   "(pixels in [0, 1]); higher means less leaks. Train: the attacker fits on training-set "
-                  "features; Infer: on 90% of the test set. Averages leave No_defense out."]
-    missing = [r.task.label for r in stored.results if not r.ok]
+                  "features; Infer: on 90% of the test set. An MSE counts only when the attack beat the mean-image "
+                  "baseline, converged on its own validation split, and the victim is above chance; other cells "
+                  "say why they are empty (did not learn, not converged, victim at chance) and are left out of "
+                  "every average. Averages cover the rows that have every arm (No_defense is a reference)."]
+    missing = [r.task.label for r in stored.results if not r.ok]  # type: ignore[union-attr]
     if missing:
         paragraphs.append("Not in the cells (no stored training result): " + ", ".join(missing) + ".")
-    return Section("Table 1", paragraphs, [SimpleTable(["Method"] + [c.title for c in table.columns], rows)])
+    notes = [n for row in table.rows for n in row.notes if "same run" in n]
+    if notes:
+        paragraphs.append("; ".join(notes) + ".")
+    tables = [SimpleTable(["Method"] + [c.title for c in table.columns], rows)]
+    effects = per_row_effects(stored.results, table.columns)
+    if effects:
+        paragraphs.append("Per row: each arm against the row and the arms before it (accuracy change in points, "
+                          "MSE change in percent, of the seed means).")
+        tables.append(SimpleTable(["Row", "Comparison"] + [c.title for c in table.columns
+                                                           if c.key not in ("edge_params", "edge_macs")], effects))
+    return Section("Table 1", paragraphs, tables)
 
 
 def _runs(stored: StoredGrid) -> Section:
@@ -83,29 +96,32 @@ def _runs(stored: StoredGrid) -> Section:
     header = ["Run", "Folder", "Acc. (%)"]
     for a, p in keys:
         name = f"{ATTACK_NAMES.get(a, a)} {PROTOCOL_NAMES.get(p, p)}"
-        header += [f"{name} MSE", f"{name} PSNR", f"{name} SSIM"]
-    header += ["MSE bound (Thm 1)", "Edge params", "Train (s)"]
+        header += [f"{name} MSE", f"{name} PSNR", f"{name} SSIM", f"{name} status"]
+    header += ["I(x;z) bits/dim <=", "Edge params", "Train (s)"]
     rows = []
     for r in stored.results:
-        row = [r.task.label, os.path.basename(os.path.normpath(r.task.run_dir))]
+        row = [r.task.label, os.path.basename(os.path.normpath(r.run_dir))]  # type: ignore[union-attr]
         if not r.ok:  # stale attack files of a run being retrained would not belong to its final model
             rows.append(row + ["n/a"] * (len(header) - 2))
             continue
-        row.append(_fmt(100.0 * r.train["test_accuracy"], ".2f"))
+        row.append(_fmt(r.accuracy, ".2f"))
         for a, p in keys:
-            rec = r.attacks.get(f"attack-{a}-{p}", {})
-            row += [_fmt(rec.get("mse"), ".4f"), _fmt(rec.get("psnr"), ".2f"), _fmt(rec.get("ssim"), ".3f")]
+            rec = r.attack(a, p) or {}
+            row += [_fmt(rec.get("mse"), ".4f"), _fmt(rec.get("psnr"), ".2f"), _fmt(rec.get("ssim"), ".3f"),
+                    status(r.attack(a, p))]
         rows.append(row + [_bound(r.audit), _fmt(r.efficiency.get("edge_params"), ",.0f"),
                            _fmt(r.train.get("seconds"), ".1f")])
-    return Section("Runs", ["One line per run. MSE bound: the entropy audit's Theorem 1 lower bound on any "
-                            "attacker's MSE, vacuous without Gaussian noise on the features."],
-                   [SimpleTable(header, rows)])
+    return Section("Runs", ["One line per run, every attack result as stored with its status. I(x;z): the entropy "
+                            "audit's upper bound on the information the transmitted features carry about the input "
+                            "(none without noise on z)."], [SimpleTable(header, rows)])
 
 
 def _bound(audit: Optional[dict[str, Any]]) -> str:
     if audit is None:
         return "n/a"
-    return "vacuous" if audit.get("degenerate") else _fmt(audit.get("mse_bound"), ".4g")
+    if audit.get("degenerate"):
+        return "none (no noise)"
+    return _fmt(audit.get("mi_bound_bits_per_dim"), ".4f") if "mi_bound" in audit else "n/a (old audit)"
 
 
 def _has_recon(run_dir: str, attack: str, protocol: str) -> bool:
@@ -128,7 +144,7 @@ def _table_figure(stored: StoredGrid, figures_dir: str) -> Section:
     attacks, protocols = stored.grid.get("attacks") or ["decoder"], stored.grid.get("protocols") or ["train"]
     attack = "decoder" if "decoder" in attacks else attacks[0]
     protocol = "train" if "train" in protocols else protocols[0]
-    groups: dict[str, list[TaskResult]] = {}
+    groups: dict[str, list[RunResult]] = {}
     for r in stored.results:
         groups.setdefault(_row_label(r), []).append(r)
     chosen, skipped = [], []
@@ -151,8 +167,8 @@ def _table_figure(stored: StoredGrid, figures_dir: str) -> Section:
 
 def _run_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     r = stored.results[0]
-    about = [f"Run folder: {os.path.normpath(r.task.run_dir)}, produced by: {stored.command or 'unknown command'}"]
-    cfg = r.task.cfg
+    about = [f"Run folder: {os.path.normpath(r.run_dir)}, produced by: {stored.command or 'unknown command'}"]
+    cfg = r.config
     if cfg is not None:
         about.append(f"Experiment {cfg.name}: {cfg.data.name} data, {cfg.model.name} cut at {cfg.model.cut}, "
                      f"defenses: {', '.join(d.name for d in cfg.defenses) or 'none'}, seed {cfg.seed}.")
@@ -160,21 +176,23 @@ def _run_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         return [Section("Run", about + ["Not finished: no stored training result (results/train.json) yet."])]
     about.append(f"Test accuracy {100.0 * r.train['test_accuracy']:.2f}% after {r.train.get('epochs', '?')} epochs "
                  f"({_fmt(r.train.get('seconds'), '.1f')} s of training).")
-    attacks = [[rec.get("attack", key), rec.get("protocol", ""), _fmt(rec.get("mse"), ".4f"),
+    attacks = [[key.attack, key.protocol, _fmt(rec.get("mse"), ".4f"),
                 _fmt(rec.get("psnr"), ".2f"), _fmt(rec.get("ssim"), ".3f"),
-                _fmt(rec.get("baseline", {}).get("mse"), ".4f"), _fmt(rec.get("seconds"), ".1f")]
+                _fmt(rec.get("baseline", {}).get("mse"), ".4f"), status(rec), _fmt(rec.get("seconds"), ".1f")]
                for key, rec in sorted(r.attacks.items())]
     sections = [Section("Run", about), Section(
         "Attacks", ["Baseline: the MSE of answering every input with the attacker's mean training image, what "
                     "an attack scores when the features leak nothing specific to the input."],
-        [SimpleTable(["Attack", "Protocol", "MSE", "PSNR (dB)", "SSIM", "Baseline MSE", "Seconds"], attacks)]
-        if attacks else []), _audit_section(r.audit), _efficiency_section(r.efficiency)]
+        [SimpleTable(["Attack", "Protocol", "MSE", "PSNR (dB)", "SSIM", "Baseline MSE", "Status", "Seconds"],
+                     attacks)] if attacks else []),
+        _audit_section(r.audit, min((float(rec["mse"]) for rec in r.attacks.values()), default=None)),
+        _efficiency_section(r.efficiency)]
     figures = Section("Reconstructions")
     for protocol in ("train", "infer"):
-        names = sorted({rec.get("attack", "") for rec in r.attacks.values() if rec.get("protocol") == protocol})
-        names = [n for n in names if _has_recon(r.task.run_dir, n, protocol)]
+        names = sorted({key.attack for key in r.attacks if key.protocol == protocol})
+        names = [n for n in names if _has_recon(r.run_dir, n, protocol)]
         if names:
-            _figure(figures, [r.task.run_dir], ["run"], names, protocol,
+            _figure(figures, [r.run_dir], ["run"], names, protocol,
                     os.path.join(figures_dir, f"reconstructions-{protocol}.png"),
                     f"{protocol} protocol: originals, then one row per attack ({', '.join(names)})")
     if not figures.images and not figures.paragraphs:
@@ -182,21 +200,33 @@ def _run_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     return sections + [figures]
 
 
-def _audit_section(audit: Optional[dict[str, Any]]) -> Section:
+def _audit_section(audit: Optional[dict[str, Any]], best_mse: Optional[float] = None) -> Section:
     if audit is None:
         return Section("Entropy audit", ["No stored audit; run 'splitshield audit RUN_DIR'."])
-    paragraphs = [f"Gaussian noise std on the transmitted features: {audit['noise_std']:.4g}."]
-    reference = f"H(x) reference: {audit['h_ref']} nats, the {audit['h_ref_meaning']}."
+    if "mi_bound" not in audit and not audit.get("degenerate"):
+        return Section("Entropy audit", ["The stored audit predates the current one; run 'splitshield audit "
+                                         "RUN_DIR' again."])
+    paragraphs = [f"Noise std on the transmitted features: {audit['noise_std']:.4g}."]
     if audit["degenerate"]:
-        paragraphs += [f"Degenerate: {audit['reason']}; the Theorem 1 MSE lower bound is vacuous (0).", reference]
+        paragraphs.append(f"Degenerate: {audit['reason']}.")
     else:
-        paragraphs += [f"Relative conditional entropy bound (Eq. 3): H(x|z) >= H(x) - L_C = {audit['h_cond']:.2f} "
-                       f"nats ({audit['h_cond_per_dim']:.4f} per input dimension), L_C = {audit['l_c']:.2f}.",
-                       reference, f"Theorem 1: any reconstruction of x from z has MSE >= {audit['mse_bound']:.4g}."]
-    rows = [[str(c["class"]), f"{c['weight']:.3f}", _fmt(c["l_c"], ".2f"), _fmt(c["h_cond"], ".2f"),
-             _fmt(c["mse_bound"], ".4g")] for c in audit.get("per_class", [])]
-    return Section("Entropy audit", paragraphs, [SimpleTable(["Class", "Weight", "L_C", "H(x|z) >=", "MSE >="],
-                                                             rows)] if rows else [])
+        paragraphs.append(f"Upper bound on what the transmitted features carry about the input (Eq. 3 with Eq. 7's "
+                          f"mixture): I(x; z) <= {audit['mi_bound']:.2f} nats = {audit['mi_bound_bits_per_dim']:.4f} "
+                          "bits per input dimension. This holds for any data distribution.")
+        figure = audit["mse_index"]
+        if audit.get("h_ref_is_true"):
+            text = (f"Theorem 1 with the data's H(x) = {audit['h_ref']} nats: any reconstruction of x from z has "
+                    f"MSE >= {figure:.4g}.")
+            if best_mse is not None and best_mse < figure:
+                text += f" An attack in this report scored {best_mse:.4g}, below it: the bound's assumptions fail."
+        else:
+            text = (f"Relative MSE index (Theorem 1 with H(x) = {audit['h_ref']} nats, {audit['h_ref_meaning']}): "
+                    f"{figure:.4g}. Use it to rank runs of the same data, not as a guarantee.")
+        paragraphs.append(text)
+    rows = [[str(c["class"]), f"{c['weight']:.3f}", _fmt(c.get("mi_bound"), ".2f"), _fmt(c.get("mse_index"), ".4g")]
+            for c in audit.get("per_class", [])]
+    return Section("Entropy audit", paragraphs, [SimpleTable(["Class", "Weight", "I(x;z) <= (nats)",
+                                                              "MSE index (relative)"], rows)] if rows else [])
 
 
 def _efficiency_section(eff: dict[str, Any]) -> Section:

@@ -1,46 +1,61 @@
 """Typed configs of the grid commands (`table`, `sweep`) and their expansion into experiment tasks.
 
 A grid file names a base experiment config (``base:``, relative to the grid file) plus ``set:`` overrides, and
-what to vary. Every task is a full ExperimentConfig; its run folder is ``<runs>/<slug>-<config hash>-s<seed>``,
-so two grids that contain the same experiment (same resolved config) share one run and its results.
+what to vary; ``inherit: other-grid.yaml`` starts from another grid file (merged like an experiment's ``base:``). A table has rows (a label, the defenses it trains with or a ``preset:`` file whose defenses it takes,
+and row-specific ``set:`` overrides) and arms, applied to every row: an arm names components to add, e.g.
+
+    arms:
+      - {label: ""}                                               # the row as it is
+      - {label: "+noise", add: [{name: gaussian_noise, sigma: 0.025}], unless: [gaussian_noise, laplace_noise]}
+      - {label: "+CEM", add: [{name: cem}]}
+
+Added components go in at their stage (an added noise before the row's objective defenses), so arms compose with
+any row, and a new plug-in needs no grid code. ``unless``: an arm that would add nothing new to a row that already
+has one of those components is that row itself (not trained twice; the table shows the row's numbers there).
+A row's ``arms`` (labels) restricts which arms it gets (No_defense: only the plain one).
+
+Every task is a full, resolved ExperimentConfig; its run folder is ``resolve.run_dir_for`` under ``runs`` (default
+runs/, where `splitshield run` and `train` put theirs), so grids and single runs that contain the same experiment
+share one run folder and its results.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from splitshield.config import ComponentSpec, ExperimentConfig
-from splitshield.configtools import apply_overrides, from_dict, load_composed, load_yaml, parse_override, to_dict
-from splitshield.resolve import DEFAULT_RUNS, load_experiment, run_dir_for, slug
+from splitshield.configtools import apply_overrides, from_dict, load_composed, parse_override, to_dict
+from splitshield.defenses import DEFENSES
 from splitshield.errors import ConfigError
+from splitshield.resolve import DEFAULT_RUNS, load_experiment, run_dir_for
 
 
 @dataclass
-class DefenseRow:
-    """One row of the table: a label and the defense components it trains with (CEM is appended per arm)."""
+class Arm:
+    """A variant applied to every row: the components it adds (at their stage), unless the row has one of
+    ``unless`` already."""
+
+    label: str = ""
+    add: list[ComponentSpec] = field(default_factory=list)
+    unless: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One row of a table: ``defenses`` (or those of the ``preset`` file), plus ``set`` overrides of the config."""
 
     label: str
     defenses: list[ComponentSpec] = field(default_factory=list)
+    preset: Optional[str] = None  # an experiment YAML (relative to the grid file) whose defenses this row takes
+    set: list[str] = field(default_factory=list)
+    arms: Optional[list[str]] = None  # the arm labels this row gets (default: all)
 
-
-# The paper's seven defenses (Table 1), with the hyper-parameters of configs/defenses/*.yaml.
-PAPER_ROWS: tuple[tuple[str, list[dict[str, Any]]], ...] = (
-    ("Bottleneck", [{"name": "bottleneck", "channels": 8}]),
-    ("DistCorr", [{"name": "nopeek", "alpha": 0.5}]),
-    ("Dropout", [{"name": "dropout", "p": 0.5, "rescale": False}]),
-    ("PATROL", [{"name": "patrol", "extra_layers": 2, "lipschitz": 0.01, "adv_weight": 1.0, "measure": "mse",
-                 "pretrain_epochs": 1}]),
-    ("ResSFL", [{"name": "ressfl", "alpha": 0.3, "measure": "ssim", "tau": 0.5, "pretrain_epochs": 1}]),
-    ("Noise_Nopeek", [{"name": "gaussian_noise", "sigma": 0.025}, {"name": "nopeek", "alpha": 0.5}]),
-    ("Noise_ARL", [{"name": "gaussian_noise", "sigma": 0.025},
-                   {"name": "ressfl", "alpha": 0.3, "measure": "ssim", "tau": 0.5, "pretrain_epochs": 1}]),
-)
-
-
-def _paper_rows() -> list[DefenseRow]:
-    return [DefenseRow(label, [ComponentSpec.from_config(d, label) for d in specs]) for label, specs in PAPER_ROWS]
+    def check(self, path: str) -> None:
+        if self.preset and self.defenses:
+            raise ConfigError(f"{path}: give defenses or preset, not both")
+        for item in self.set:
+            parse_override(item)
 
 
 @dataclass
@@ -53,6 +68,7 @@ class GridCommon:
     seeds: list[int] = field(default_factory=lambda: [0])
     attacks: list[str] = field(default_factory=lambda: ["decoder"])  # entries of the base's attacks: list
     protocols: list[str] = field(default_factory=lambda: ["train", "infer"])
+    arms: list[Arm] = field(default_factory=lambda: [Arm()])
     runs: Optional[str] = None  # where the run folders go (default: runs/, shared with `splitshield run`/`train`)
     out: Optional[str] = None  # this grid's folder: grid.json, tables, report (default runs/<name>)
     audit: bool = True
@@ -62,6 +78,11 @@ class GridCommon:
             raise ConfigError(f"{path}.base: name the experiment config the grid starts from")
         if not self.seeds:
             raise ConfigError(f"{path}.seeds: give at least one seed")
+        if not self.arms:
+            raise ConfigError(f"{path}.arms: give at least one arm ({{label: ''}} is the row as it is)")
+        labels = [a.label for a in self.arms]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{path}.arms: labels must differ, got {labels}")
         for protocol in self.protocols:
             if protocol not in ("train", "infer"):
                 raise ConfigError(f"{path}.protocols: {protocol!r} is not valid; valid: 'train', 'infer'")
@@ -71,21 +92,29 @@ class GridCommon:
 
 @dataclass
 class TableConfig(GridCommon):
-    rows: list[DefenseRow] = field(default_factory=_paper_rows)
-    cem: list[ComponentSpec] = field(default_factory=lambda: [ComponentSpec("cem")])  # [] = no "+CEM" arm
-    no_defense: bool = True  # a No_defense reference row (the base with no defense, no CEM arm)
+    rows: list[Row] = field(default_factory=list)
     efficiency: bool = False  # add edge parameters and MACs columns
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        known = {a.label for a in self.arms}
+        for i, row in enumerate(self.rows):
+            for label in row.arms or []:
+                if label not in known:
+                    raise ConfigError(f"{path}.rows.{i}.arms: {label!r} is not an arm of this grid; valid: "
+                                      f"{', '.join(repr(k) for k in sorted(known))}")
 
 
 @dataclass
 class Sweep:
-    """One trade-off curve: ``key`` (a --set path) takes each of ``values`` on top of ``defenses``."""
+    """One trade-off curve: ``key`` (a --set path) takes each of ``values`` on top of ``defenses``, in every arm
+    (``arms``: the labels of the grid's arms to draw; default all)."""
 
     label: str
     key: str
     values: list[Any] = field(default_factory=list)
     defenses: list[ComponentSpec] = field(default_factory=list)
-    compare_cem: bool = True  # also the same points with CEM appended (two curves)
+    arms: Optional[list[str]] = None
 
     def check(self, path: str) -> None:
         if not self.values:
@@ -95,7 +124,6 @@ class Sweep:
 @dataclass
 class SweepConfig(GridCommon):
     sweeps: list[Sweep] = field(default_factory=list)
-    cem: list[ComponentSpec] = field(default_factory=lambda: [ComponentSpec("cem")])
     protocols: list[str] = field(default_factory=lambda: ["train"])
     figure_runs: int = 4  # reconstruction figure: this many runs of the first sweep (evenly spaced)
 
@@ -105,78 +133,105 @@ class Task:
     """One experiment of a grid."""
 
     group: str  # table row label or sweep label
-    cem: bool
+    arm: str  # the arm's label ("" for the row as it is)
     seed: int
     value: Any  # the swept value (None in tables)
     cfg: ExperimentConfig
     run_dir: str
 
     @property
+    def row(self) -> str:
+        """The table row this task fills: its group and arm (``Dropout+CEM``)."""
+        return self.group + self.arm
+
+    @property
     def label(self) -> str:
         point = "" if self.value is None else f" {self.value}"
-        return f"{self.group}{point}{' +CEM' if self.cem else ''} s{self.seed}"
+        return f"{self.group}{point}{self.arm} s{self.seed}"
 
 
 def load_grid(path: str, kind: type, overrides: tuple[str, ...] | list[str] = ()) -> Any:
-    """Load a grid YAML into ``kind`` (TableConfig or SweepConfig); ``base`` becomes a path usable from here."""
-    raw = apply_overrides(load_yaml(path), overrides)
+    """Load a grid YAML into ``kind`` (TableConfig or SweepConfig); ``base`` and row presets become paths usable
+    from here."""
+    raw = apply_overrides(load_composed(path, key="inherit"), overrides)  # a grid may start from another
     cfg = from_dict(kind, raw, "grid")
-    base = os.path.join(os.path.dirname(os.path.abspath(path)), cfg.base)
+    here = os.path.dirname(os.path.abspath(path))
+    base = os.path.join(here, cfg.base)
     if not os.path.isfile(base):
         raise ConfigError(f"grid.base: {cfg.base} not found next to {path}; name an experiment config")
     cfg.base = base
+    for i, row in enumerate(getattr(cfg, "rows", [])):
+        if row.preset:
+            preset = os.path.join(here, row.preset)
+            if not os.path.isfile(preset):
+                raise ConfigError(f"grid.rows.{i}.preset: {row.preset} not found next to {path}")
+            row.preset = preset
     cfg.out = cfg.out or os.path.join(DEFAULT_RUNS, cfg.name)
     cfg.runs = cfg.runs or DEFAULT_RUNS  # shared by default: `run`, `train` and every grid find the same folders
     return cfg
 
 
+def with_arm(defenses: list[ComponentSpec], arm: Arm) -> Optional[list[ComponentSpec]]:
+    """``defenses`` with the arm's components inserted at their stage; None when ``unless`` applies."""
+    names = {d.name for d in defenses}
+    if arm.add and names & set(arm.unless):
+        return None
+    out = list(defenses)
+    for spec in arm.add:
+        stage = DEFENSES.get(spec.name).stage
+        at = max((i + 1 for i, d in enumerate(out) if DEFENSES.get(d.name).stage <= stage), default=0)
+        out.insert(at, spec)
+    return out
+
+
 def experiment(grid: GridCommon, defenses: list[ComponentSpec], seed: int, extra: tuple[str, ...] = (),
-               tag: str = "") -> ExperimentConfig:
-    """The base config with the grid's overrides, ``defenses`` as its defense list, ``seed``, and ``extra``."""
-    raw = apply_overrides(load_composed(grid.base), list(grid.set))
-    base_name = raw.get("name", "experiment")
-    raw.update(name=f"{base_name}-{slug(tag)}" if tag else base_name, seed=seed,
-               defenses=[to_dict(d) for d in defenses])
+               preset: Optional[str] = None, row_set: tuple[str, ...] = ()) -> ExperimentConfig:
+    """The base config (or a row's preset) with the grid's overrides, ``defenses`` as its defense list, ``seed``,
+    then the row's and the task's own overrides."""
+    raw = apply_overrides(load_composed(preset or grid.base), list(grid.set))
+    raw.update(seed=seed, defenses=[to_dict(d) for d in defenses])
     raw.setdefault("train", {})["progress"] = False
-    return load_experiment(raw, list(extra))
+    return load_experiment(raw, list(row_set) + list(extra))
 
 
-def _task(grid: GridCommon, group: str, cem: bool, seed: int, value: Any, cfg: ExperimentConfig) -> Task:
-    return Task(group, cem, seed, value, cfg, run_dir_for(cfg, grid.runs))
+def _row_defenses(row: Row) -> list[ComponentSpec]:
+    if not row.preset:
+        return list(row.defenses)
+    specs = load_composed(row.preset).get("defenses", [])
+    return [ComponentSpec.from_config(d, f"{row.preset}: defenses.{i}") for i, d in enumerate(specs)]
 
 
 def table_tasks(grid: TableConfig) -> list[Task]:
-    """No_defense (if asked), then each row without and with CEM, for every seed."""
+    """Every row in every arm it gets, for every seed. An arm that ``unless`` makes the row itself is the row's
+    task again (same folder: trained once), so each table cell has its run."""
     tasks = []
     for seed in grid.seeds:
-        if grid.no_defense:
-            tasks.append(_task(grid, "No_defense", False, seed, None, experiment(grid, [], seed, tag="none")))
         for row in grid.rows:
-            arms = [False, True] if grid.cem else [False]
-            for cem in arms:
-                specs = list(row.defenses) + (list(grid.cem) if cem else [])
-                cfg = experiment(grid, specs, seed, tag=_components_tag(specs))
-                tasks.append(_task(grid, row.label, cem, seed, None, cfg))
+            base = _row_defenses(row)
+            for arm in grid.arms:
+                if row.arms is not None and arm.label not in row.arms:
+                    continue
+                specs = with_arm(base, arm)
+                cfg = experiment(grid, base if specs is None else specs, seed, preset=row.preset,
+                                 row_set=tuple(row.set))
+                tasks.append(Task(row.label, arm.label, seed, None, cfg, run_dir_for(cfg, grid.runs)))
     return tasks
 
 
 def sweep_tasks(grid: SweepConfig) -> list[Task]:
-    """Every sweep's values, without and (if compare_cem) with CEM, for every seed."""
+    """Every sweep's values in each of its arms, for every seed."""
     tasks = []
     for seed in grid.seeds:
         for sweep in grid.sweeps:
-            for cem in ([False, True] if sweep.compare_cem and grid.cem else [False]):
-                specs = list(sweep.defenses) + (list(grid.cem) if cem else [])
+            for arm in grid.arms:
+                if sweep.arms is not None and arm.label not in sweep.arms:
+                    continue
+                specs = with_arm(list(sweep.defenses), arm)
                 for value in sweep.values:
-                    cfg = experiment(grid, specs, seed, extra=(f"{sweep.key}={_yaml(value)}",),
-                                     tag=_components_tag(specs))
-                    tasks.append(_task(grid, sweep.label, cem, seed, value, cfg))
+                    cfg = experiment(grid, list(sweep.defenses) if specs is None else specs, seed,
+                                     extra=(f"{sweep.key}={_yaml(value)}",))
+                    tasks.append(Task(sweep.label, arm.label, seed, value, cfg, run_dir_for(cfg, grid.runs)))
     return tasks
-
-
-def _components_tag(specs: list[ComponentSpec]) -> str:
-    # The run name lists the components, so the same experiment gets the same name (and hash) in every grid.
-    return "+".join(s.name for s in specs) or "none"
 
 
 def _yaml(value: Any) -> str:

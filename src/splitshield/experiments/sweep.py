@@ -12,7 +12,7 @@ import statistics
 from typing import Any, Sequence
 
 from splitshield.experiments.grid import StoredGrid
-from splitshield.experiments.tasks import TaskResult
+from splitshield.experiments.results import RunResult, status
 from splitshield.experiments.sections import Section, SimpleTable
 
 
@@ -25,63 +25,66 @@ def _pyplot() -> Any:
     return plt
 
 
-def _mse(result: TaskResult, protocol: str) -> float | None:
-    record = result.attacks.get(f"attack-decoder-{protocol}")
-    return None if record is None else float(record["mse"])
-
-
-def _points(results: Sequence[TaskResult], group: str, cem: bool, protocol: str) -> list[tuple[Any, float, float]]:
-    """(value, mean accuracy %, mean decoder MSE) per swept value, over seeds, in sweep order."""
-    by_value: dict[str, list[TaskResult]] = {}
+def _points(results: Sequence[RunResult], group: str, arm: str, attack: str, protocol: str
+            ) -> list[tuple[Any, float, float]]:
+    """(value, mean accuracy %, mean attack MSE) per swept value, over the seeds whose attack counts, in sweep
+    order (a value where the attack did not learn is left out of the curve)."""
+    by_value: dict[str, list[RunResult]] = {}
     order: list[Any] = []
     for r in results:
-        if r.task.group == group and r.task.cem == cem and r.ok and _mse(r, protocol) is not None:
+        if r.task.group == group and r.task.arm == arm and r.mse(attack, protocol) is not None:
             key = repr(r.task.value)
             if key not in by_value:
                 order.append(r.task.value)
             by_value.setdefault(key, []).append(r)
-    return [(v, statistics.fmean(100 * float(m.train["test_accuracy"]) for m in by_value[repr(v)]),
-             statistics.fmean(float(_mse(m, protocol)) for m in by_value[repr(v)])) for v in order]  # type: ignore
+    return [(v, statistics.fmean(float(m.accuracy) for m in by_value[repr(v)]),  # type: ignore[arg-type]
+             statistics.fmean(float(m.mse(attack, protocol)) for m in by_value[repr(v)])) for v in order]  # type: ignore
 
 
-def tradeoff_figure(results: Sequence[TaskResult], group: str, key: str, protocol: str, out: str) -> str:
-    """Accuracy (y) against decoder-attack MSE (x), one curve per CEM arm, points labelled by the swept value."""
+STYLES = ("o-", "s--", "^-.", "d:")
+
+
+def tradeoff_figure(results: Sequence[RunResult], group: str, key: str, attack: str, protocol: str, arms: list[str],
+                    out: str) -> str:
+    """Accuracy (y) against attack MSE (x), one curve per arm, points labelled by the swept value."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
-    for cem, style in ((False, "o-"), (True, "s--")):
-        pts = _points(results, group, cem, protocol)
+    for arm, style in zip(arms, STYLES * 4):
+        pts = _points(results, group, arm, attack, protocol)
         if not pts:
             continue
-        ax.plot([p[2] for p in pts], [p[1] for p in pts], style, label="with CEM" if cem else "without CEM")
+        ax.plot([p[2] for p in pts], [p[1] for p in pts], style, label=arm or "as given")
         for value, acc, mse in pts:
             ax.annotate(str(value), (mse, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(f"decoder-attack MSE ({protocol} protocol)  \u2192 more private")
+    ax.set_xlabel(f"{attack}-attack MSE ({protocol} protocol)  \u2192 more private")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{group} ({key})", fontsize=9)
     return _save(plt, fig, ax, out)
 
 
-def entropy_figure(results: Sequence[TaskResult], protocol: str, out: str) -> str | None:
-    """Fig. 3: attack MSE against the audit's relative conditional entropy per dimension, with Theorem 1's bound
-    xi >= exp(2 h) / (2 pi e) drawn over the same range. Runs without noise (vacuous bound) are left out."""
-    pts = [(float(r.audit["h_cond_per_dim"]), float(_mse(r, protocol)), r.task.cem) for r in results  # type: ignore
-           if r.ok and r.audit and not r.audit.get("degenerate") and _mse(r, protocol) is not None]
+def entropy_figure(results: Sequence[RunResult], attack: str, protocol: str, arms: list[str], out: str) -> str | None:
+    """Fig. 3: attack MSE against the audit's bound on I(x; z) per input dimension (nats), with Theorem 1's
+    expression exp(-2 I/d) / (2 pi e) at the uniform H(x) reference drawn over the same range: a relative curve
+    (it ranks runs), not a lower bound. Runs without noise (no finite bound) are left out."""
+    pts = [(float(r.audit["mi_bound"]) / float(r.audit["input_dim"]), float(r.mse(attack, protocol)), r.task.arm)
+           for r in results if r.ok and r.audit and not r.audit.get("degenerate") and "mi_bound" in r.audit
+           and r.mse(attack, protocol) is not None]  # type: ignore[union-attr,arg-type]
     if not pts:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
-    for cem, marker in ((False, "o"), (True, "s")):
-        sel = [p for p in pts if p[2] == cem]
+    for arm, marker in zip(arms, "osd^v" * 4):
+        sel = [p for p in pts if p[2] == arm]
         if sel:
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, label="with CEM" if cem else
-                       "without CEM")
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, label=arm or "as given")
     lo, hi = min(p[0] for p in pts), max(p[0] for p in pts)
     pad = 0.1 * (hi - lo) or 0.5
     xs = [lo - pad + i * (hi - lo + 2 * pad) / 99 for i in range(100)]
-    ax.plot(xs, [math.exp(2 * x) / (2 * math.pi * math.e) for x in xs], "k:", label="Theorem 1 lower bound")
+    ax.plot(xs, [math.exp(-2 * x) / (2 * math.pi * math.e) for x in xs], "k:",
+            label="Theorem 1 at H(x) = 0 (relative, not a bound)")
     ax.set_yscale("log")
-    ax.set_xlabel("relative H(x|z) per dimension (nats)")
-    ax.set_ylabel(f"decoder-attack MSE ({protocol})")
+    ax.set_xlabel("bound on I(x; z) per input dimension (nats)")
+    ax.set_ylabel(f"{attack}-attack MSE ({protocol})")
     return _save(plt, fig, ax, out)
 
 
@@ -94,10 +97,49 @@ def _save(plt: Any, fig: Any, ax: Any, out: str) -> str:
     return out
 
 
-def _evenly(items: list[TaskResult], k: int) -> list[TaskResult]:
+def _evenly(items: list[RunResult], k: int) -> list[RunResult]:
     if len(items) <= k:
         return items
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
+
+
+def _arms(grid: dict) -> list[str]:
+    return [a["label"] for a in grid.get("arms", [{"label": ""}])]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protocol: str) -> SimpleTable:
+    """Per sweep point: accuracy and attack MSE in each arm (means over the seeds that count) and each later arm's
+    change against the first: the table behind "at every cut / training size, +CEM keeps accuracy and raises the
+    MSE"."""
+    arms = _arms(grid)
+    header = ["sweep", "value"] + [f"{h} {a or 'as given'}" for a in arms for h in ("acc.", "MSE")]
+    header += [f"{a} vs {arms[0] or 'as given'}" for a in arms[1:]]
+    rows = []
+    for sweep in grid["sweeps"]:
+        for value in sweep["values"]:
+            cells, accs, mses = [sweep["label"], str(value)], [], []
+            for arm in arms:
+                members = [r for r in results if r.task.group == sweep["label"] and r.task.arm == arm and
+                           r.task.value == value and r.ok]
+                acc = _mean([float(r.accuracy) for r in members])  # type: ignore[arg-type]
+                got = [r.mse(attack, protocol) for r in members]
+                mse = _mean([m for m in got if m is not None])
+                why = sorted({status(r.attack(attack, protocol)) for r, m in zip(members, got) if m is None})
+                accs.append(acc)
+                mses.append(mse)
+                cells += ["n/a" if acc is None else f"{acc:.2f}",
+                          f"{mse:.4f}" if mse is not None else (" / ".join(why) or "n/a")]
+            for acc, mse in zip(accs[1:], mses[1:]):
+                if None in (acc, mse, accs[0], mses[0]):
+                    cells.append("n/a")
+                else:
+                    cells.append(f"{acc - accs[0]:+.2f} pts, MSE {100 * (mse / mses[0] - 1):+.1f}%")  # type: ignore
+            rows.append(cells)
+    return SimpleTable(header, rows)
 
 
 def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
@@ -105,56 +147,72 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     from splitshield.evaluation.figures import reconstruction_figure
 
     grid, results = stored.grid, stored.results
-    protocol = grid["protocols"][0]
+    protocol, arms = grid["protocols"][0], _arms(grid)
     os.makedirs(figures_dir, exist_ok=True)
     sections = [Section("Trade-off curves (paper Fig. 4)", [
         "Each point is one setting (mean over seeds "
-        f"{', '.join(map(str, grid['seeds']))}); x: decoder-attack MSE under the {protocol} protocol, "
-        "y: test accuracy. Up and right is better."])]
+        f"{', '.join(map(str, grid['seeds']))}); x: attack MSE under the {protocol} protocol, y: test accuracy. "
+        "Up and right is better. A point whose attack did not learn (no better than the mean image) is left out."])]
     for i, sweep in enumerate(grid["sweeps"]):
-        out = os.path.join(figures_dir, f"tradeoff-{i}.png")
-        tradeoff_figure(results, sweep["label"], sweep["key"], protocol, out)
-        sections[0].images.append((f"{sweep['label']}: {sweep['key']} in {sweep['values']}", out))
-    rows = [[r.task.group, str(r.task.value), "yes" if r.task.cem else "no",
-             f"{100 * float(r.train['test_accuracy']):.2f}" if r.ok else "n/a",
-             f"{_mse(r, protocol):.4f}" if r.ok and _mse(r, protocol) is not None else "n/a",
-             f"{r.audit['h_cond_per_dim']:.3f}" if r.ok and r.audit and not r.audit.get("degenerate") else "n/a",
-             f"{r.audit['mse_bound']:.2e}" if r.ok and r.audit and not r.audit.get("degenerate") else "vacuous",
-             os.path.basename(r.task.run_dir)] for r in results]
-    sections[0].tables.append(SimpleTable(["sweep", "value", "CEM", "acc. (%)", f"dec. MSE {protocol}",
-                                           "H(x|z)/d", "MSE bound", "run"], rows))
-    scatter = entropy_figure(results, protocol, os.path.join(figures_dir, "entropy-scatter.png"))
-    sections.append(Section("Reconstruction MSE vs conditional entropy (paper Fig. 3)", [
-        "Every run with Gaussian noise on z: its attack MSE against the audit's relative conditional entropy "
-        "bound (Eq. 3), with Theorem 1's lower bound on MSE as a dotted line. The entropy is relative to "
-        "H(x) = 0 (uniform on [0,1]^d), so the bound ranks runs; it is not an absolute guarantee."]
-        if scatter else ["No run has Gaussian noise on z, so every entropy bound is vacuous."],
-        images=[("MSE vs relative H(x|z)", scatter)] if scatter else []))
-    sections.append(_reconstructions(grid, results, protocol, figures_dir, reconstruction_figure))
+        for attack in grid["attacks"]:
+            out = os.path.join(figures_dir, f"tradeoff-{i}-{attack}.png")
+            tradeoff_figure(results, sweep["label"], sweep["key"], attack, protocol, arms, out)
+            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in {sweep['values']} ({attack})", out))
+    for attack in grid["attacks"]:
+        table = point_effects(results, grid, attack, protocol)
+        sections[0].paragraphs.append(f"Per point, {attack} attack ({protocol} protocol): accuracy (%) and MSE in "
+                                      "each arm, and each arm's change against the first.")
+        sections[0].tables.append(table)
+    rows = []
+    for r in results:
+        audit = r.audit if r.ok and r.audit and not r.audit.get("degenerate") else None
+        rows.append([r.task.group, str(r.task.value), r.task.arm or "-", _pct(r)]
+                    + [f"{r.mse(a, protocol):.4f}" if r.mse(a, protocol) is not None else
+                       status(r.attack(a, protocol)) for a in grid["attacks"]]
+                    + [f"{audit['mi_bound_bits_per_dim']:.4f}" if audit and "mi_bound" in audit else "n/a",
+                       os.path.basename(r.task.run_dir)])
+    sections[0].tables.append(SimpleTable(["sweep", "value", "arm", "acc. (%)"]
+                                          + [f"{a} MSE {protocol}" for a in grid["attacks"]]
+                                          + ["I(x;z) bits/dim <=", "run"], rows))
+    attack = grid["attacks"][0]
+    scatter = entropy_figure(results, attack, protocol, arms, os.path.join(figures_dir, "entropy-scatter.png"))
+    sections.append(Section("Reconstruction MSE vs the bound on I(x; z) (paper Fig. 3)", [
+        f"Every run with noise on z: its {attack}-attack MSE against the audit's upper bound on I(x; z) per input "
+        "dimension. The dotted line is Theorem 1's expression with the uniform H(x) = 0 reference: it shows the "
+        "expected trend and ranks runs, but it is not a lower bound (real images have less entropy than the "
+        "uniform density), and attacks can fall below it."]
+        if scatter else ["No run has noise on z, so I(x; z) has no finite bound in any of them."],
+        images=[("MSE vs bound on I(x; z)", scatter)] if scatter else []))
+    sections.append(_reconstructions(grid, results, protocol, arms, figures_dir, reconstruction_figure))
     sections.append(efficiency_section(results))
     return sections
 
 
-def _reconstructions(grid: dict, results: Sequence[TaskResult], protocol: str, figures_dir: str,
+def _pct(r: RunResult) -> str:
+    return "n/a" if r.accuracy is None else f"{r.accuracy:.2f}"
+
+
+def _reconstructions(grid: dict, results: Sequence[RunResult], protocol: str, arms: list[str], figures_dir: str,
                      draw: Any) -> Section:
     first = grid["sweeps"][0]["label"] if grid["sweeps"] else None
+    attack = grid["attacks"][0]
     section = Section("Reconstructions (paper Fig. 5)")
     seed = grid["seeds"][0]
-    for cem in (False, True):
-        runs = _evenly([r for r in results if r.ok and r.task.group == first and r.task.cem == cem and
-                        r.task.seed == seed and f"attack-decoder-{protocol}" in r.attacks], int(grid["figure_runs"]))
+    for k, arm in enumerate(arms):
+        runs = _evenly([r for r in results if r.ok and r.task.group == first and r.task.arm == arm and
+                        r.task.seed == seed and r.attack(attack, protocol) is not None], int(grid["figure_runs"]))
         if not runs:
             continue
-        out = os.path.join(figures_dir, f"reconstructions{'-cem' if cem else ''}.png")
-        draw([r.task.run_dir for r in runs], ["decoder"], protocol, out,
-             labels=[f"{r.task.value}{' +CEM' if cem else ''}" for r in runs])
-        section.images.append((f"decoder attack ({protocol}), {first} {'with' if cem else 'without'} CEM", out))
+        out = os.path.join(figures_dir, f"reconstructions-{k}.png")
+        draw([r.task.run_dir for r in runs], [attack], protocol, out,
+             labels=[f"{r.task.value}{arm}" for r in runs])
+        section.images.append((f"{attack} attack ({protocol}), {first} {arm or 'as given'}", out))
     if not section.images:
         section.paragraphs.append("No finished run with stored reconstructions yet.")
     return section
 
 
-def efficiency_section(results: Sequence[TaskResult]) -> Section:
+def efficiency_section(results: Sequence[RunResult]) -> Section:
     """Table 9: parameters, MACs (torch.utils.flop_counter) and latency of edge and cloud, per distinct model."""
     rows, seen = [], set()
     for r in results:

@@ -1,9 +1,13 @@
 """The paper's Table 1 layout from a grid's results, as Markdown, CSV and LaTeX.
 
-Rows: No_defense, then every defense without and with CEM; then "Average w/o CEM", "Average w/ CEM" over the
-defenses (No_defense excluded, as in the paper) and the relative gain of CEM (MSE: percent change of the
-averages; accuracy: change in points). Cells are the mean over seeds with the spread (sample standard deviation)
-when there is more than one seed.
+Rows: every row label in every arm it has (``Dropout``, ``Dropout+noise``, ``Dropout+CEM``), then one average per
+arm over the rows that have every arm (No_defense, a reference row with only the plain arm, is left out as in the
+paper), then the relative gains between the arms' averages (MSE: percent change; accuracy: change in points).
+Cells are the mean over seeds with the spread (sample standard deviation) when there is more than one seed.
+
+Evidence rules (docs/attacks.md): an MSE cell uses only attack results that count (the attack beat the mean-image
+baseline, converged, and the victim is above chance); a cell where none counts reads "did not learn" (or "victim
+at chance") and is left out of every average; a cell where some seeds do not count says how many do.
 """
 from __future__ import annotations
 
@@ -14,25 +18,34 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from splitshield.experiments.tasks import TaskResult
+from splitshield.experiments.results import RunResult, status
 
 PROTOCOL_NAMES = {"train": "Train", "infer": "Infer"}
-ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "rmle": "rMLE"}
+ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "rmle": "rMLE", "knn": "kNN"}
 
 
 @dataclass
 class Column:
-    key: str  # "accuracy", "attack-decoder-train", "edge_params", "edge_macs"
+    key: str  # "accuracy", "attack:<name>:<protocol>", "edge_params", "edge_macs"
     title: str
     fmt: str  # format spec of the mean
+
+    @property
+    def attack(self) -> Optional[tuple[str, str]]:
+        if not self.key.startswith("attack:"):
+            return None
+        _, name, protocol = self.key.split(":")
+        return name, protocol
 
 
 @dataclass
 class Row:
     label: str
-    values: list[list[float]]  # per column, one value per seed (empty: missing)
+    values: list[list[float]]  # per column, one value per seed that counts (empty: none)
     kind: str = "run"  # "run", "average", "gain"
     notes: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)  # per column: why a cell has no value ("" = not run yet)
+    seeds: list[int] = field(default_factory=list)  # per column: how many seeds were run
 
 
 @dataclass
@@ -44,7 +57,7 @@ class Table:
     def cell(self, row: Row, i: int) -> str:
         values = row.values[i]
         if not values:
-            return "n/a"
+            return (row.empty[i] if row.empty and row.empty[i] else "n/a")
         col = self.columns[i]
         if row.kind == "gain":
             return f"{values[0]:+.2f} pts" if col.key == "accuracy" else f"{values[0]:+.1f}%"
@@ -52,6 +65,8 @@ class Table:
         text = format(mean, col.fmt)
         if len(values) > 1:
             text += " ± " + format(statistics.stdev(values), col.fmt)
+        if row.seeds and row.seeds[i] > len(values):
+            text += f" ({len(values)} of {row.seeds[i]} seeds)"
         return text
 
 
@@ -59,66 +74,116 @@ def columns_for(attacks: Sequence[str], protocols: Sequence[str], efficiency: bo
     cols = [Column("accuracy", "Acc. (%)", ".2f")]
     for attack in attacks:
         for protocol in protocols:
-            cols.append(Column(f"attack-{attack}-{protocol}",
+            cols.append(Column(f"attack:{attack}:{protocol}",
                                f"{ATTACK_NAMES.get(attack, attack)} MSE {PROTOCOL_NAMES[protocol]}", ".4f"))
     if efficiency:
         cols += [Column("edge_params", "Edge params", ",.0f"), Column("edge_macs", "Edge MMACs", ".2f")]
     return cols
 
 
-def _value(result: TaskResult, key: str) -> Optional[float]:
+def _value(result: RunResult, col: Column) -> tuple[Optional[float], str]:
+    """(value, why there is none)."""
     if not result.ok:
-        return None
-    if key == "accuracy":
-        return 100.0 * float(result.train["test_accuracy"])
-    if key in ("edge_params", "edge_macs"):
+        return None, ""
+    if col.key == "accuracy":
+        return result.accuracy, ""
+    if col.key in ("edge_params", "edge_macs"):
         eff = result.efficiency
-        return None if key not in eff else float(eff[key]) / (1e6 if key == "edge_macs" else 1)
-    record = result.attacks.get(key)
-    return None if record is None else float(record["mse"])
+        return (None, "") if col.key not in eff else (float(eff[col.key]) / (1e6 if col.key == "edge_macs" else 1),
+                                                       "")
+    name, protocol = col.attack  # type: ignore[misc]
+    value = result.mse(name, protocol)
+    return value, "" if value is not None else status(result.attack(name, protocol)).replace("missing", "")
 
 
-def build_table(title: str, results: Sequence[TaskResult], columns: list[Column]) -> Table:
-    """Group results by (row label, CEM arm) in first-seen order; add averages and the CEM gain."""
-    groups: dict[tuple[str, bool], list[TaskResult]] = {}
+def _row(label: str, members: list[RunResult], columns: list[Column]) -> Row:
+    values, empty, seeds = [], [], []
+    for col in columns:
+        got = [_value(m, col) for m in members]
+        values.append([v for v, _ in got if v is not None])
+        reasons = sorted({why for v, why in got if v is None and why})
+        empty.append(" / ".join(reasons))
+        seeds.append(sum(m.ok for m in members))
+    notes = [f"failed or not run: {m.task.label if m.task else m.run_dir}" for m in members if not m.ok]
+    return Row(label, values, notes=notes, empty=empty, seeds=seeds)
+
+
+def build_table(title: str, results: Sequence[RunResult], columns: list[Column]) -> Table:
+    """Group results by (row label, arm) in first-seen order; add the arms' averages and their gains."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
-        groups.setdefault((r.task.group, r.task.cem), []).append(r)
-    rows = []
-    for (group, cem), members in groups.items():
-        values = [[v for v in (_value(m, c.key) for m in members) if v is not None] for c in columns]
-        failed = [m.task.label for m in members if not m.ok]
-        rows.append(Row(group + ("+CEM" if cem else ""), values, notes=[f"failed: {x}" for x in failed]))
-    without = [r for (g, cem), r in zip(groups, rows) if not cem and g != "No_defense"]
-    with_cem = [r for (_, cem), r in zip(groups, rows) if cem]
-    if with_cem:
-        avg_without, avg_with = _average("Average w/o CEM", without, columns), _average("Average w/ CEM", with_cem,
-                                                                                           columns)
-        rows += [avg_without, avg_with, _gain(avg_without, avg_with, columns)]
-    elif without:
-        rows.append(_average("Average", without, columns))
-    return Table(title, columns, rows)
+        assert r.task is not None, "a table is built from grid results"
+        groups.setdefault((r.task.group, r.task.arm), []).append(r)
+    arms = list(dict.fromkeys(arm for _, arm in groups))
+    labels = list(dict.fromkeys(group for group, _ in groups))
+    rows = {key: _row(key[0] + key[1], members, columns) for key, members in groups.items()}
+    for (group, arm), members in groups.items():  # an arm that is its row (``unless``) says so
+        base = groups.get((group, arms[0]))
+        if arm != arms[0] and base and [m.run_dir for m in members] == [m.run_dir for m in base]:
+            rows[(group, arm)].notes.append(f"{group}{arm} is the same run as {group} (it has that already)")
+    out = list(rows.values())
+    if len(labels) > 0:
+        full = [g for g in labels if all((g, a) in groups for a in arms)]  # reference rows (No_defense) left out
+        averages = {a: _average(f"Average {a}".rstrip(), [rows[(g, a)] for g in full], columns) for a in arms}
+        out += list(averages.values())
+        for i, a in enumerate(arms[1:], start=1):
+            for b in arms[:i]:
+                out.append(_gain(f"Gain {a} vs {b or 'row'}", averages[b], averages[a], columns))
+    return Table(title, columns, out)
 
 
 def _average(label: str, rows: list[Row], columns: list[Column]) -> Row:
-    # Mean of the row means (each defense counts once, whatever its number of seeds); missing rows are skipped.
+    # Mean of the row means (each defense counts once, whatever its number of seeds); a row without a counting
+    # value in a column is left out of that column's average (it is marked in its own cell).
     values = []
     for i in range(len(columns)):
         means = [statistics.fmean(r.values[i]) for r in rows if r.values[i]]
-        values.append([statistics.fmean(means)] if means else [])
-    return Row(label, values, kind="average")
+        values.append([statistics.fmean(means)] if means and len(means) == len(rows) else [])
+    empty = ["" if v else "incomplete" for v in values]
+    return Row(label, values, kind="average", empty=empty)
 
 
-def _gain(without: Row, with_cem: Row, columns: list[Column]) -> Row:
+def _gain(label: str, without: Row, with_: Row, columns: list[Column]) -> Row:
     values = []
     for i, col in enumerate(columns):
-        a, b = without.values[i], with_cem.values[i]
+        a, b = without.values[i], with_.values[i]
         if not a or not b or col.key in ("edge_params", "edge_macs"):
             values.append([])
         elif col.key == "accuracy":
             values.append([b[0] - a[0]])
         else:
             values.append([100.0 * (b[0] / a[0] - 1.0)] if a[0] else [])
-    return Row("Relative gain of CEM", values, kind="gain")
+    return Row(label, values, kind="gain")
+
+
+def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list[list[str]]:
+    """For each row and each arm beyond the first: the accuracy change (points) and the MSE change (%) of every
+    attack column against the row and against every arm before it, from the seed means: what a reader checks row
+    by row ("does +CEM beat both the row and +noise at the same accuracy?")."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.task.group, r.task.arm), []).append(r)  # type: ignore[union-attr]
+    arms = list(dict.fromkeys(arm for _, arm in groups))
+    lines = []
+    for group in dict.fromkeys(g for g, _ in groups):
+        rows = {a: _row(group + a, groups[(group, a)], columns) for a in arms if (group, a) in groups}
+        for i, a in enumerate(arms[1:], start=1):
+            for b in arms[:i]:
+                if a not in rows or b not in rows:
+                    continue
+                cells = []
+                for c, col in enumerate(columns):
+                    if col.key in ("edge_params", "edge_macs"):
+                        continue
+                    x, y = rows[b].values[c], rows[a].values[c]
+                    if not x or not y:
+                        cells.append("n/a")
+                    elif col.key == "accuracy":
+                        cells.append(f"{statistics.fmean(y) - statistics.fmean(x):+.2f} pts")
+                    else:
+                        cells.append(f"{100.0 * (statistics.fmean(y) / statistics.fmean(x) - 1.0):+.1f}%")
+                lines.append([group, f"{a} vs {b or 'row'}"] + cells)
+    return lines
 
 
 def to_markdown(table: Table) -> str:
@@ -136,16 +201,17 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(buf)
     header = ["method", "kind"]
     for c in table.columns:
-        header += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
+        header += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n", f"{c.key}_note"]
     writer.writerow(header)
     for row in table.rows:
         line: list[object] = [row.label, row.kind]
-        for values in row.values:
+        for i, values in enumerate(row.values):
+            note = row.empty[i] if row.empty else ""
             if not values:
-                line += ["", "", 0]
+                line += ["", "", 0, note]
             else:
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
-                line += [repr(statistics.fmean(values)), "" if math.isnan(std) else repr(std), len(values)]
+                line += [repr(statistics.fmean(values)), "" if math.isnan(std) else repr(std), len(values), note]
         writer.writerow(line)
     return buf.getvalue()
 
@@ -168,7 +234,7 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_from_stored(grid: dict, results: Sequence[TaskResult]) -> Table:
+def table_from_stored(grid: dict, results: Sequence[RunResult]) -> Table:
     """The table of a table grid (``grid`` as stored in grid.json)."""
     columns = columns_for(grid["attacks"], grid["protocols"], bool(grid.get("efficiency")))
     return build_table(grid["name"], results, columns)

@@ -1,4 +1,4 @@
-"""One grid task run through the resumable pipeline, its result, progress lines, and the executor registry.
+"""One grid task run through the resumable pipeline (``run_task``), progress lines, and the executor registry.
 
 Executors (``local`` here; ``process`` and ``ray`` in executors.py) take the tasks and return their results in task
 order; grid.py picks one by name.
@@ -8,46 +8,53 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from splitshield.experiments.results import RunResult
 from splitshield.experiments.spec import GridCommon, Task
 from splitshield.registry import Registry
 
 log = logging.getLogger(__name__)
 
-EXECUTORS: Registry[Callable[..., list["TaskResult"]]] = Registry("executor")
+EXECUTORS: Registry[Callable[..., list[RunResult]]] = Registry("executor")
 
 
-@dataclass
-class TaskResult:
-    task: Task
-    ok: bool
-    train: dict[str, Any] = field(default_factory=dict)
-    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    audit: Optional[dict[str, Any]] = None
-    efficiency: dict[str, Any] = field(default_factory=dict)
-    computed: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str = ""
+@dataclass(frozen=True)
+class Job:
+    """What every task of a grid runs with: its attacks and protocols, the audit, and the results database (a
+    path, so a worker process or a Ray node opens its own connection)."""
+
+    attacks: tuple[str, ...]
+    protocols: tuple[str, ...]
+    audit: bool = True
+    db: Optional[str] = None
+
+    @classmethod
+    def of(cls, grid: GridCommon, db: Optional[str] = None) -> "Job":
+        return cls(tuple(grid.attacks), tuple(grid.protocols), grid.audit, db)
 
 
-def run_task(task: Task, attacks: Sequence[str], protocols: Sequence[str], audit: bool) -> TaskResult:
+def run_task(task: Task, job: Job) -> RunResult:
     """The pipeline for one task, with failures caught into the result (a grid survives one bad run)."""
     from splitshield.errors import UserError
     from splitshield.experiments.pipeline import run_pipeline
+    from splitshield.resultsdb import ResultsDB
 
     started = time.perf_counter()
     try:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # attacks and audit where the training ran
-        out = run_pipeline(task.cfg, task.run_dir, attacks=attacks, protocols=protocols, audit=audit, device=device)
+        out = run_pipeline(task.cfg, task.run_dir, attacks=job.attacks, protocols=job.protocols, audit=job.audit,
+                           device=device, sink=ResultsDB(job.db) if job.db else None)
     except (UserError, RuntimeError, ValueError, OSError) as exc:
         log.exception("task %s failed", task.label)
-        return TaskResult(task, False, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
-    return TaskResult(task, True, out.train, out.attacks, out.audit, out.efficiency, out.computed,
-                      time.perf_counter() - started)
+        return RunResult(task.run_dir, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}",
+                         task=task)
+    out.task = task
+    out.seconds = time.perf_counter() - started
+    return out
 
 
 class Progress:
@@ -58,7 +65,7 @@ class Progress:
         self.work_seconds, self.worked = 0.0, 0
         self.stream = stream or sys.stderr
 
-    def update(self, result: TaskResult) -> None:
+    def update(self, result: RunResult) -> None:
         self.done += 1
         if result.computed:  # reused tasks take no time and would make the estimate optimistic
             self.work_seconds += result.seconds
@@ -78,11 +85,11 @@ def _clock(seconds: float) -> str:
 
 
 @EXECUTORS.register("local")
-def local_executor(tasks: Sequence[Task], grid: GridCommon, progress: Progress, **_: Any) -> list[TaskResult]:
+def local_executor(tasks: Sequence[Task], job: Job, progress: Progress, **_: Any) -> list[RunResult]:
     """Tasks one after another in this process."""
     results = []
     for task in tasks:
-        result = run_task(task, grid.attacks, grid.protocols, grid.audit)
+        result = run_task(task, job)
         progress.update(result)
         results.append(result)
     return results

@@ -50,9 +50,11 @@ def resnet20(cfg: ModelConfig, info: DatasetInfo) -> SplitModel:
             cin = cout
     n_edge = 1 + (cfg.cut - 1) // 2
     edge_channels = [widths[0]] + [widths[i // 3] for i in range(9)]
-    edge = Edge(Normalize(info.mean, info.std), *blocks[:n_edge],
-                Bottleneck(edge_channels[n_edge - 1], cfg.bottleneck_channels))
-    cloud = nn.Sequential(conv_bn_relu(cfg.bottleneck_channels, edge_channels[n_edge - 1]), *blocks[n_edge:],
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], info.num_classes))
+    plain = cfg.bottleneck_channels is None  # the plain cut
+    bottleneck = [] if plain else [Bottleneck(edge_channels[n_edge - 1], cfg.bottleneck_channels)]  # type: ignore
+    edge = Edge(Normalize(info.mean, info.std), *blocks[:n_edge], *bottleneck)
+    up = [] if plain else [conv_bn_relu(cfg.bottleneck_channels, edge_channels[n_edge - 1])]  # type: ignore[arg-type]
+    cloud = nn.Sequential(*up, *blocks[n_edge:], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(widths[-1], info.num_classes))
     spec = SplitSpec(info.input_shape, infer_feature_shape(edge, info.input_shape), info.num_classes)
     return SplitModel(edge, cloud, spec)

@@ -37,15 +37,15 @@ def vgg11_bn(cfg: ModelConfig, info: DatasetInfo) -> SplitModel:
     end = convs[cfg.cut - 1] + 1
     if end < len(VGG11) and VGG11[end] == "M":
         end += 1
+    # Construction order = initialisation order (the global RNG): edge, bottleneck, cloud layers, its first conv,
+    # the head, as it always was, so a seed gives the same model as before the plain cut existed.
     edge_layers, edge_channels = _layers(VGG11[:end], info.channels, cfg.width)
-    edge = Edge(Normalize(info.mean, info.std), *edge_layers, Bottleneck(edge_channels, cfg.bottleneck_channels))
+    plain = cfg.bottleneck_channels is None  # the plain cut: the cut layer's output is what leaves the device
+    bottleneck = [] if plain else [Bottleneck(edge_channels, cfg.bottleneck_channels)]  # type: ignore[arg-type]
+    edge = Edge(Normalize(info.mean, info.std), *edge_layers, *bottleneck)
     cloud_layers, cloud_channels = _layers(VGG11[end:], edge_channels, cfg.width)
-    cloud = nn.Sequential(
-        conv_bn_relu(cfg.bottleneck_channels, edge_channels),  # the bottleneck's conv back up
-        *cloud_layers,
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(cloud_channels, info.num_classes),
-    )
+    up = [] if plain else [conv_bn_relu(cfg.bottleneck_channels, edge_channels)]  # type: ignore[arg-type]
+    cloud = nn.Sequential(*up, *cloud_layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(cloud_channels, info.num_classes))
     spec = SplitSpec(info.input_shape, infer_feature_shape(edge, info.input_shape), info.num_classes)
     return SplitModel(edge, cloud, spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -47,11 +47,11 @@ class LoadedRun:
         return self.defenses.transform(self.model.edge(x))
 
 
-def load_run(run_dir: str, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: str, device: str | torch.device = "cpu", info: Optional[DatasetInfo] = None) -> LoadedRun:
     """Rebuild model and defenses from a run directory and load its last checkpoint."""
     cfg = load_run_config(run_dir)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location="cpu")
-    info = make_source(cfg.data).dataset_info()
+    info = info or make_source(cfg.data).dataset_info()
     model, defenses = build_components(cfg, info, train_size=int(state.get("train_size", 1)))
     try:
         model.load_state_dict(state["model"])

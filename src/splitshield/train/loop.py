@@ -23,7 +23,7 @@ from splitshield.errors import CheckpointError
 from splitshield.models import SplitModel
 from splitshield.precision import Numerics, full_precision, resolve_numerics
 from splitshield.resolve import resolve, run_dir_for
-from splitshield.runs import METRICS_FILE, append_jsonl, save_config, write_result
+from splitshield.runs import METRICS_FILE, TRAIN, ResultSink, RunFolder, append_jsonl, save_config
 from splitshield import parallel
 from splitshield.train import distributed
 from splitshield.train.build import build_components
@@ -209,8 +209,10 @@ def _own_rng_state(state: dict) -> Optional[dict]:
     return state["rng"] if world == 1 else None
 
 
-def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None) -> TrainResult:
-    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint.
+def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optional[str] = None,
+          sink: Optional[ResultSink] = None) -> TrainResult:
+    """Train ``cfg`` into a run directory; with ``resume_dir``, continue that run from its last checkpoint. The
+    training result also goes to ``sink`` (a results database) when given.
 
     Under torchrun every process calls this; rank 0 alone writes the folder, the others return the same result."""
     cfg = resolve(cfg)  # every component with all its parameters: the config.yaml saved is the full resolution
@@ -285,7 +287,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         accuracy = float(state["test_accuracy"])  # resumed a finished run: nothing left to do
     seconds = time.perf_counter() - started
     if main:
-        write_result(run_dir, "train", {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
+        RunFolder(run_dir, sink).write(TRAIN, {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
                                         "feature_shape": list(model.feature_shape)})
     parallel.barrier()  # every rank returns once the results are on disk
     return TrainResult(run_dir, cfg.train.epochs, accuracy, seconds)
