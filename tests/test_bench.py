@@ -60,3 +60,38 @@ def test_cem_step_times_every_covariance_mode(capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["diagonal", "isotropic", "full"]
     assert all(float(line.split()[1]) > 0 for line in lines[1:])
+
+
+def test_attack_strength_runs_every_arm_and_ends_with_the_ratio(noise_yaml, tmp_path, capsys) -> None:
+    from splitshield.attacks.decoder import DecoderConfig
+    from splitshield.bench.attack_strength import arms, attack_strength
+    from splitshield.config import load_config
+    from splitshield.train import train
+
+    run_dir = train(load_config(noise_yaml), out=str(tmp_path / "victim")).run_dir
+    assert attack_strength([run_dir, "--protocol", "infer", "--knn-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    labels = [label for label, _, _ in arms(DecoderConfig(epochs=2, patience=3, channels=8), 3)]
+    assert labels == ["quick budget", "4x epochs", "4x epochs, 2x channels", "kNN (k=3)"]
+    for label in labels:
+        assert any(line.startswith(label) and "MSE" in line for line in lines)
+    ratio = float(lines[-1].split("quick / best MSE: ")[1].split()[0])
+    assert ratio >= 1.0 and "best:" in lines[-1]
+    assert not os.path.exists(os.path.join(run_dir, "results", "attack-decoder-infer.json"))  # nothing stored
+
+
+def test_arms_scale_the_run_budget() -> None:
+    from splitshield.attacks.decoder import DecoderConfig
+    from splitshield.bench.attack_strength import arms
+
+    quick, longer, wider, knn = arms(DecoderConfig(epochs=40, patience=3, channels=32, train_size=15000), 10)
+    assert longer[2] == {"epochs": 160, "patience": 12} and wider[2]["channels"] == 64 and wider[2]["epochs"] == 160
+    assert knn[1] == "knn" and knn[2] == {"k": 10, "train_size": 15000}
+
+
+@pytest.mark.slow
+def test_gpu_check_passes_as_a_cpu_smoke_run(tmp_path, capsys) -> None:
+    from splitshield.bench.gpu_check import gpu_check
+
+    assert gpu_check(["--device", "cpu", "--steps", "1", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu-check: PASS")

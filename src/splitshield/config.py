@@ -52,8 +52,12 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True  # the dataset's paper augmentation (crop+flip+rotation for CIFAR-like data)
-    num_workers: int = 0
+    num_workers: int = 0  # loader processes; the datasets are in memory, so 0 is fastest on CPU
     download: bool = True  # allowed to download when the data is missing and the network is reachable
+    # Under torchrun with N processes: "global" = batch_size is the global batch (B/N rows per rank: the same
+    # optimisation as one process, bit for bit; more GPUs shorten each step); "per_rank" = every rank takes
+    # batch_size rows (global batch N x B: N times the throughput per step; scale lr yourself, e.g. linearly).
+    ddp_batch: Literal["global", "per_rank"] = "global"
 
     def check(self, path: str) -> None:
         for key in ("train_size", "test_size"):
@@ -97,6 +101,7 @@ class TrainConfig:
     # (splitshield/precision.py; `splitshield bench train-speed` measures the modes); fp32 is the reference.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels-last with bf16/CUDA
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels (GPU runs are not bit-reproducible)
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # cap for smoke tests and benchmarks
 
@@ -109,7 +114,7 @@ class TrainConfig:
 
 # Keys that do not change what a run computes (see ``ExperimentConfig.identity``).
 IDENTITY_EXCLUDED: tuple[str, ...] = ("name", "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
-                                      "train.device", "train.progress")
+                                      "train.device", "train.progress", "train.cudnn_benchmark")
 
 
 @dataclass

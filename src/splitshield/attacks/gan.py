@@ -107,7 +107,9 @@ class GANAttack(Attack):
         stopper.update(self.info["decoder_val_mse"])  # epoch 0: the decoder the GAN starts from
         best.keep(gen)
         for epoch in range(cfg.epochs):
-            t0, sums, step = time.perf_counter(), {"critic": 0.0, "adv": 0.0, "mse": 0.0}, 0
+            # Sums stay on the device (no host synchronisation per step); read once per epoch for the log.
+            zero = torch.zeros((), device=self.device)
+            t0, sums, step = time.perf_counter(), {"critic": zero, "adv": zero, "mse": zero}, 0
             gen.train()
             for x, z in self.pairs(x_fit, shuffle=True, generator=g):
                 z = self.numerics.tensor(z)
@@ -119,7 +121,7 @@ class GANAttack(Attack):
                 loss_d.backward()
                 opt_d.step()
                 step += 1
-                sums["critic"] += float(loss_d.detach())
+                sums["critic"] = sums["critic"] + loss_d.detach()
                 if step % cfg.critic_steps:
                     continue
                 # Generator: fool the critic, stay close to the image (the MSE term dominates at weight 1500).
@@ -130,15 +132,15 @@ class GANAttack(Attack):
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
-                sums["adv"] += float(adv.detach())
-                sums["mse"] += float(mse.detach())
+                sums["adv"] = sums["adv"] + adv.detach()
+                sums["mse"] = sums["mse"] + mse.detach()
             mse_val = validation_mse(self, gen, val)
             if stopper.update(mse_val):
                 best.keep(gen)
             n_g = max(step // cfg.critic_steps, 1)
             log.info("gan epoch %d/%d  critic %.4f  adv %.4f  mse %.5f  val mse %.5f  (%.1fs)", epoch + 1,
-                     cfg.epochs, sums["critic"] / max(step, 1), sums["adv"] / n_g, sums["mse"] / n_g, mse_val,
-                     time.perf_counter() - t0)
+                     cfg.epochs, float(sums["critic"]) / max(step, 1), float(sums["adv"]) / n_g,
+                     float(sums["mse"]) / n_g, mse_val, time.perf_counter() - t0)
             if stopper.stop:
                 break
         best.restore(gen)

@@ -32,23 +32,40 @@ class BatchAugment:
         if not self.active:
             return x
         b, _, h, w = x.shape
+        # Every random number of the batch, drawn on the CPU in a fixed order (the stream a checkpoint restores),
+        # then moved in one copy: on a GPU one non-blocking transfer per batch instead of one per kind.
+        draws = []
+        if self.crop_padding:
+            draws += [self._rand(b), self._rand(b)]
+        if self.hflip:
+            draws.append(self._rand(b))
+        if self.rotation:
+            draws.append(self._rand(b))
+        numbers = torch.stack(draws)
+        if x.device.type == "cuda":
+            numbers = numbers.pin_memory().to(x.device, non_blocking=True)
+        else:
+            numbers = numbers.to(x.device)
+        k = 0
         if self.crop_padding:
             p = self.crop_padding
             padded = F.pad(x, (p, p, p, p))
-            dy = (self._rand(b) * (2 * p + 1)).long().clamp_max(2 * p).to(x.device)
-            dx = (self._rand(b) * (2 * p + 1)).long().clamp_max(2 * p).to(x.device)
+            dy = (numbers[0] * (2 * p + 1)).long().clamp_max(2 * p)
+            dx = (numbers[1] * (2 * p + 1)).long().clamp_max(2 * p)
+            k = 2
             rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (B, H)
             cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (B, W)
             idx_b = torch.arange(b, device=x.device)[:, None, None]
             x = padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.hflip:
-            flip = (self._rand(b) < 0.5).to(x.device)
+            flip = numbers[k] < 0.5
+            k += 1
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if self.rotation:
-            angle = (self._rand(b) * 2 - 1) * math.radians(self.rotation)
+            angle = (numbers[k] * 2 - 1) * math.radians(self.rotation)
             cos, sin = angle.cos(), angle.sin()
-            theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1),
-                                 torch.stack([sin, cos, torch.zeros(b)], 1)], 1).to(x)
+            zero = torch.zeros_like(angle)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return x.contiguous()

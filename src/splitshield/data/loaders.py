@@ -117,10 +117,11 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def build_data(cfg: DataConfig, seed: int, *, train_shuffle: bool = True, rank: int = 0, world: int = 1
-               ) -> DataBundle:
+def build_data(cfg: DataConfig, seed: int, *, train_shuffle: bool = True, rank: int = 0, world: int = 1,
+               pin_memory: bool = False) -> DataBundle:
     """Datasets, loaders and augmentation; with ``world`` > 1, rank ``rank``'s shard (``cfg.batch_size`` is then
-    the global batch, B / world rows per rank, and each rank evaluates rows r::N of the test set)."""
+    the global batch, B / world rows per rank, unless ``ddp_batch: per_rank``; each rank evaluates rows r::N of the
+    test set). ``pin_memory``: page-locked batches for asynchronous copies to a GPU."""
     source = make_source(cfg)
     info = source.dataset_info()
     train = subset(load_split(cfg, "train"), cfg.train_size, seed, "train")
@@ -131,19 +132,22 @@ def build_data(cfg: DataConfig, seed: int, *, train_shuffle: bool = True, rank: 
                         generator=torch.Generator().manual_seed(seed + 7919))
     if world == 1:
         train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=train_shuffle, generator=g,
-                                  num_workers=cfg.num_workers, drop_last=False,
+                                  num_workers=cfg.num_workers, drop_last=False, pin_memory=pin_memory,
                                   persistent_workers=False)
-        test_loader = DataLoader(test, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
+        test_loader = DataLoader(test, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                                 pin_memory=pin_memory)
         augment = BatchAugment(**augment_args)  # type: ignore[arg-type]
         return DataBundle(info, train, test, train_loader, test_loader, augment, g)
-    if cfg.batch_size % world:
+    if cfg.ddp_batch == "global" and cfg.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.batch_size} is the global batch and must be divisible by the "
-                          f"{world} processes; choose a multiple of {world}")
+                          f"{world} processes; choose a multiple of {world} (or data.ddp_batch=per_rank)")
+    per_rank = cfg.batch_size // world if cfg.ddp_batch == "global" else cfg.batch_size
     sampler = ShardSampler(len(train), g, rank, world, shuffle=train_shuffle)  # type: ignore[arg-type]
     # generator=g as well: the loader draws its worker base seed from it first, as in the single-process run.
-    train_loader = DataLoader(train, batch_size=cfg.batch_size // world, sampler=sampler, generator=g,
-                              num_workers=cfg.num_workers, drop_last=False, persistent_workers=False)
+    train_loader = DataLoader(train, batch_size=per_rank, sampler=sampler, generator=g, num_workers=cfg.num_workers,
+                              drop_last=False, persistent_workers=False, pin_memory=pin_memory)
     shard = list(range(rank, len(test), world))  # type: ignore[arg-type]
-    test_loader = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=shard, num_workers=cfg.num_workers)
+    test_loader = DataLoader(test, batch_size=cfg.eval_batch_size, sampler=shard, num_workers=cfg.num_workers,
+                             pin_memory=pin_memory)
     augment = RankSliceAugment(rank=rank, world=world, **augment_args)
     return DataBundle(info, train, test, train_loader, test_loader, augment, g)

@@ -36,3 +36,14 @@ class SyntheticRGB(Synthetic):
                        std=(0.25, 0.25, 0.25), class_names=("a", "b", "c", "d"), crop_padding=4, hflip=True,
                        rotation=15.0)
     sizes = {"train": 64, "test": 32}
+
+
+@DATASETS.register("synthetic-cifar")
+class SyntheticCIFAR(Synthetic):
+    """CIFAR-10-shaped (3x32x32, 10 classes, 10,000 / 2,000 images) class templates plus noise: enough batches to
+    time a paper-scale model on a GPU without downloading anything (scripts/gpu-check.sh)."""
+
+    info = DatasetInfo(name="synthetic-cifar", num_classes=10, channels=3, size=32, mean=(0.5, 0.5, 0.5),
+                       std=(0.25, 0.25, 0.25), class_names=tuple("abcdefghij"), crop_padding=4, hflip=True,
+                       rotation=15.0)
+    sizes = {"train": 10000, "test": 2000}

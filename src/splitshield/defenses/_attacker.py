@@ -79,16 +79,17 @@ class SimulatedAttacker(nn.Module):
         loader = DataLoader(data.train, batch_size=data.train_loader.batch_size * world, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         for epoch in range(epochs):
-            total, n = 0.0, 0
+            total, n = torch.zeros((), device=device), 0
             for i, (images, _) in enumerate(loader):
                 if max_steps is not None and i >= max_steps:
                     break
                 x = to_unit(images[rank::world].to(device))
                 with torch.no_grad():
                     z = transmit(probe(x))
-                total += float(self.step(z, x)) * len(x)
+                total = total + self.step(z, x) * len(x)
                 n += len(x)
-            log.info("simulated attacker pre-training epoch %d/%d: MSE %.4f", epoch + 1, epochs, total / max(n, 1))
+            log.info("simulated attacker pre-training epoch %d/%d: MSE %.4f", epoch + 1, epochs,
+                     float(total) / max(n, 1))
 
     def get_extra_state(self) -> Any:
         return {"optimizer": self.optimizer.state_dict()}

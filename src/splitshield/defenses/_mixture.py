@@ -174,13 +174,19 @@ def entropy_loss(weights: torch.Tensor, half_log_det: torch.Tensor) -> torch.Ten
     return (-torch.special.xlogy(weights, weights) + weights * half_log_det).sum()
 
 
+def member_counts(comp: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """(k,) members per component of a batch's assignment. A scatter-add, not ``torch.bincount``: bincount sizes its
+    output from the data's maximum, a device-to-host synchronisation on every training step on a GPU."""
+    return torch.zeros(k, dtype=dtype, device=comp.device).index_add_(0, comp, torch.ones_like(comp, dtype=dtype))
+
+
 def batch_covariance(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, k: int,
                      covariance: Covariance, reduce: Optional[Reduce] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Members n_j (k,) and DeltaSigma_j, the batch members' covariance around the stored mean mu_j (Eq. 6).
 
     z (B, D) carries the gradient; means (k, D) are the fitted means (constants). With ``reduce``, the member
     counts and sums of squared deviations are summed over processes before dividing (the global batch's values)."""
-    n = torch.bincount(comp, minlength=k).to(z.dtype)
+    n = member_counts(comp, k, z.dtype)
     if reduce is not None:
         n = reduce(n)
     xc = z - means[comp]  # (B, D)
@@ -236,7 +242,7 @@ def _full_step(z: torch.Tensor, comp: torch.Tensor, means: torch.Tensor, weights
     xc = z - means[comp]  # (B, D), carries the gradient
     block, slot = pad_by_group(xc.detach().double(), comp, k)  # (k, m, D)
     scatter = block.transpose(1, 2) @ block  # (k, D, D): sum of x x^T over this process's members
-    n = torch.bincount(comp, minlength=k).double()
+    n = member_counts(comp, k, torch.float64)
     if reduce is not None:
         n, scatter = reduce(n), reduce(scatter)
     batch = z.shape[0] if reduce is None else n.sum()

@@ -21,10 +21,14 @@ from splitshield.train.checkpoint import CHECKPOINT, load_checkpoint
 def build_components(cfg: ExperimentConfig, info: DatasetInfo, train_size: int) -> tuple[SplitModel, DefenseStack]:
     """The split model and its defense stack (architecture defenses applied to the model, in order)."""
     model = build_model(cfg.model, info)
+    from splitshield import parallel
+
     cap = cfg.train.max_steps_per_epoch
-    per_epoch = min(train_size, cap * cfg.data.batch_size) if cap is not None else None
+    world = parallel.world_size()
+    batch = cfg.data.batch_size * (world if cfg.data.ddp_batch == "per_rank" else 1)  # the global batch
+    per_epoch = min(train_size, cap * batch) if cap is not None else None
     env = DefenseEnv(num_classes=info.num_classes, input_shape=info.input_shape, feature_shape=model.feature_shape,
-                     train_size=train_size, epochs=cfg.train.epochs, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                     train_size=train_size, epochs=cfg.train.epochs, batch_size=batch, seed=cfg.seed,
                      samples_per_epoch=per_epoch)
     defenses, model = DefenseStack.build(cfg.defenses, env, model)
     return model, defenses  # type: ignore[return-value]

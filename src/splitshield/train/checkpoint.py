@@ -59,8 +59,10 @@ def rng_state() -> dict[str, Any]:
         "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
                    "gauss_next": gauss_next},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's own GPU only: a job resumed on fewer (or other) visible GPUs, or a grid worker pinned to
+        # one GPU, restores it; all visible GPUs' states would not fit there.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -72,7 +74,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        # Checkpoints written before this change held a list with every visible GPU's state: take the first.
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
 
 
 def seed_everything(seed: int) -> None:

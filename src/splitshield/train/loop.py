@@ -180,7 +180,9 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
     device = device or parallel.select_device(cfg.train.device)
     rank, world = parallel.rank(), parallel.world_size()
     seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed, rank=rank, world=world)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    data = build_data(cfg.data, cfg.seed, rank=rank, world=world, pin_memory=device.type == "cuda")
     model, defenses = build_components(cfg, data.info, train_size=len(data.train))  # type: ignore[arg-type]
     if world > 1:
         # Statistics of the global batch, as one process computes them (per-rank batch norm would normalise each
@@ -196,6 +198,17 @@ def setup_training(cfg: ExperimentConfig, device: Optional[torch.device] = None)
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.scaled)
     forward = distributed.wrap(SplitForward(model), device) if world > 1 else None
     return TrainingSession(cfg, device, data, model, defenses, optimizer, scheduler, scaler, forward)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """The gradient scaler's state, where both sides have one: a checkpoint of a CPU (or bfloat16) run holds the
+    empty state of a disabled scaler, which an enabled CUDA scaler refuses; it then starts from its defaults (the
+    scale is re-learned in a few steps)."""
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
+    elif scaler.is_enabled():
+        log.warning("resuming without a gradient-scaler state (the checkpoint comes from a run without float16 AMP): "
+                    "the loss scale starts afresh")
 
 
 def _own_rng_state(state: dict) -> Optional[dict]:
@@ -237,7 +250,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         defenses.load_state_dict(state["defenses"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state.get("scaler", {}))
         data.set_rng_state(state["data_rng"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         own = _own_rng_state(state)
