@@ -254,7 +254,11 @@ def test_replica_factory_rebuilds_the_app_from_the_spec(run_dir, monkeypatch):
         app_from_env()
 
 
-def test_serving_config_resolves_threads_for_the_machine():
+def test_serving_config_resolves_threads_for_the_machine(monkeypatch):
+    import splitshield.deploy.serving as serving
+
+    monkeypatch.setattr(serving, "available_cores", lambda: 8)
     cfg = ServingConfig(threads=0)
-    assert cfg.resolved(workers=1).threads >= 1 and cfg.threads == 0
-    assert ServingConfig(threads=3).resolved(workers=2).threads == 3
+    assert cfg.resolved(workers=1).threads == 7 and cfg.threads == 0  # one core left to the event loop
+    assert cfg.resolved(workers=4).threads == 1 and cfg.resolved(workers=16).threads == 1
+    assert ServingConfig(threads=3).resolved(workers=2).threads == 3  # explicit wins

@@ -62,9 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"),
                    help="cloud runtime: auto = onnxruntime on RUN_DIR/export/cloud.onnx (exported and checked if "
                         "missing), torch when that is not possible")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (0 = cores / workers)")
-    p.add_argument("--batch-window-ms", type=float, default=1.0,
-                   help="extra wait for more rows once requests queue up (a lone request never waits)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (0 = auto: (cores - workers) / workers, at least 1)")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="extra wait for more rows once requests queue up (a lone request never waits; default 0: "
+                        "requests arriving during a forward already batch up)")
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows in one batched cloud forward")
     p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; beyond it 503 + Retry-After")
     p.add_argument("--workers", type=int, default=1, help="server processes on the port (replicas, one model each)")

@@ -59,7 +59,7 @@ class MicroBatcher:
         max_queue: requests allowed to wait (the one in the forward pass not counted); beyond it QueueFull.
     """
 
-    def __init__(self, forward: Forward, *, window_ms: float = 1.0, max_rows: int = 64, max_queue: int = 64) -> None:
+    def __init__(self, forward: Forward, *, window_ms: float = 0.0, max_rows: int = 64, max_queue: int = 64) -> None:
         self.forward = forward
         self.window = window_ms / 1000.0
         self.max_rows = max_rows

@@ -29,8 +29,10 @@ class ServingConfig:
     """Batching, backpressure and the cloud runtime of one server process (all reported by GET /v1/model)."""
 
     backend: str = "auto"  # auto (onnxruntime when available, else torch) | onnx | torch
-    threads: int = 0  # intra-op threads of the cloud forward; 0 = this machine's cores / workers
-    batch_window_ms: float = 1.0  # extra wait for rows once requests queue up; a lone request never waits
+    threads: int = 0  # intra-op threads of the cloud forward; 0 = auto (see resolved)
+    # Extra wait for rows once requests queue up (a lone request never waits). 0 by measurement: requests that
+    # arrive during a forward already form the next batch, and waiting only idled the CPU (docs/benchmarks.md).
+    batch_window_ms: float = 0.0
     max_batch_rows: int = 64  # rows in one forward (a larger single request runs alone, never split)
     max_queue: int = 64  # requests waiting for a forward; beyond it 503 + Retry-After at once
     retry_after_s: int = 1  # the Retry-After a 503 sends (HTTP counts in whole seconds)
@@ -49,8 +51,10 @@ class ServingConfig:
             raise UserError(f"--threads must be 0 (auto) or positive, got {self.threads}")
 
     def resolved(self, workers: int = 1) -> "ServingConfig":
-        """Threads fixed for this machine: the cores we may use, shared by the workers."""
-        threads = self.threads or max(1, available_cores() // max(1, workers))
+        """Threads fixed for this machine: one core per worker is left to its event loop (HTTP and JSON cost more
+        CPU per request than the batched forward), the rest is split among the workers' forwards."""
+        workers = max(1, workers)
+        threads = self.threads or max(1, (available_cores() - workers) // workers)
         return ServingConfig(**{**asdict(self), "threads": threads})
 
 
