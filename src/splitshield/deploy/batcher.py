@@ -99,6 +99,14 @@ class MicroBatcher:
             self._enough.set()
         return await item.future
 
+    def refuses(self) -> bool:
+        """True, and counted as a rejection, when a submit now would raise QueueFull: the server asks before it
+        reads and checks the body, so that under overload a 503 costs as little as possible."""
+        if self.waiting >= self.max_queue:
+            self.stats.rejected += 1
+            return True
+        return False
+
     @property
     def waiting(self) -> int:
         """Requests in the queue now (not the batch being computed)."""

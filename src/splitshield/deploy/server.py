@@ -194,6 +194,9 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
     served = {**asdict(serving), "backend": model.backend, "threads": model.threads}
     retry_after = {"Retry-After": str(serving.retry_after_s)}
 
+    def busy(why: str) -> HTTPException:
+        return HTTPException(503, f"server busy: {why}; retry after {serving.retry_after_s} s", headers=retry_after)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # noqa: ANN202
         yield
@@ -241,6 +244,8 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
         if ctype not in (wire.CONTENT_TYPE, "application/octet-stream", "application/json"):
             raise _fail(415, f"unsupported content type {ctype or '(none)'!r}; send {wire.CONTENT_TYPE} "
                              "(binary features) or application/json")
+        if batcher.refuses():
+            raise busy(f"{batcher.waiting} requests are already waiting (limit {serving.max_queue})")
         body = await _read_body(request, limits.max_body_bytes)
         if ctype == "application/json":
             z = _parse_json(body, limits)
@@ -256,8 +261,7 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
         try:
             probs = await batcher.submit(z)
         except QueueFull as exc:
-            raise HTTPException(503, f"server busy: {exc}; retry after {serving.retry_after_s} s",
-                                headers=retry_after) from None
+            raise busy(str(exc)) from None
         top = probs.argmax(axis=1)
         names = model.class_names
         # Serialise directly: jsonable_encoder on thousands of floats costs more than the cloud forward pass.
