@@ -1,4 +1,5 @@
-"""Closed-loop HTTP load for `splitshield bench serve`: N clients post the same body back to back for T seconds.
+"""HTTP load for `splitshield bench serve`: N clients post the same body for T seconds, back to back (closed loop)
+or at a fixed offered rate (open loop, ``--rate``).
 
 The load generator shares the machine's cores with the server, so what it costs per request is taken from the
 server. Two clients, same protocol (HTTP/1.1 keep-alive, one connection per client, every response read whole and
@@ -35,12 +36,12 @@ class RawConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def _open(self) -> None:
+    async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
     async def post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
-            await self._open()
+            await self.connect()
         self.writer.write(self.head + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -71,11 +72,10 @@ def _retry_after(headers) -> float:  # noqa: ANN001  (dict or httpx.Headers)
 
 
 async def _run(client: str, host: str, port: int, token: str, body: bytes, clients: int, seconds: float,
-               rows: int) -> LoadResult:
+               rows: int, rate: float) -> LoadResult:
     from splitshield.deploy.wire import CONTENT_TYPE
 
     res = LoadResult()
-    deadline = time.perf_counter() + seconds
 
     def check(status: int, payload: bytes, first: bool) -> bool:
         if status != 200:
@@ -84,10 +84,21 @@ async def _run(client: str, host: str, port: int, token: str, body: bytes, clien
             return len(json.loads(payload)["probabilities"]) == rows
         return True
 
-    async def loop(send, on_error, failures: tuple) -> None:  # noqa: ANN001
-        first = True
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
+    async def loop(send, on_error, failures: tuple, index: int) -> None:  # noqa: ANN001
+        first, k = True, 0
+        while True:
+            if rate:  # open loop: request k of this client is due at a fixed time, whatever the server does
+                start = begin + (k * clients + index) / rate
+                k += 1
+                if start >= deadline:
+                    break
+                if start > time.perf_counter():
+                    await asyncio.sleep(start - time.perf_counter())
+                # Latency counts from when the request was due, so a send delayed by a slow answer shows up.
+            else:
+                start = time.perf_counter()
+                if start >= deadline:
+                    break
             try:
                 status, headers, payload = await send()
                 ok = check(status, payload, first)
@@ -100,26 +111,34 @@ async def _run(client: str, host: str, port: int, token: str, body: bytes, clien
                 first = False
             elif status == 503:
                 res.busy += 1
-                await asyncio.sleep(min(_retry_after(headers), max(0.0, deadline - time.perf_counter())))
+                if not rate:  # a closed-loop client backs off; an open-loop one keeps its schedule
+                    await asyncio.sleep(min(_retry_after(headers), max(0.0, deadline - time.perf_counter())))
             else:
                 res.errors += 1
 
     failures: tuple = (OSError, ValueError, KeyError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
     cpu0, begin = time.process_time(), time.perf_counter()
+    deadline = begin + seconds
     if client == "raw":
         head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
                 f"Content-Type: {CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
 
-        async def raw_worker() -> None:
-            conn = RawConnection(host, port, head)
+        conns = [RawConnection(host, port, head) for _ in range(clients)]
+        # Connected before the clock starts: N connects in a burst are not what the load test measures.
+        await asyncio.gather(*(c.connect() for c in conns))
+        cpu0, begin = time.process_time(), time.perf_counter()
+        deadline = begin + seconds
+
+        async def raw_worker(index: int) -> None:
+            conn = conns[index]
             try:
-                await loop(lambda: conn.post(body), conn.close, failures)
+                await loop(lambda: conn.post(body), conn.close, failures, index)
             finally:
                 conn.close()
                 res.finished += 1
 
         try:  # bounded even if the server stops answering (no per-request timer: it would cost a task each)
-            await asyncio.wait_for(asyncio.gather(*(raw_worker() for _ in range(clients))), seconds + 30)
+            await asyncio.wait_for(asyncio.gather(*(raw_worker(i) for i in range(clients))), seconds + 30)
         except asyncio.TimeoutError:
             res.errors += clients - res.finished
     else:
@@ -133,19 +152,22 @@ async def _run(client: str, host: str, port: int, token: str, body: bytes, clien
                 r = await http.post("/v1/predict", content=body)
                 return r.status_code, r.headers, r.content
 
-            await asyncio.gather(*(loop(send, lambda: None, (*failures, httpx.HTTPError)) for _ in range(clients)))
+            fails = (*failures, httpx.HTTPError)
+            await asyncio.gather(*(loop(send, lambda: None, fails, i) for i in range(clients)))
     res.elapsed = time.perf_counter() - begin
     res.client_cpu = time.process_time() - cpu0
     return res
 
 
 def run_load(client: str, host: str, port: int, token: str, body: bytes, *, clients: int, seconds: float,
-             rows: int) -> LoadResult:
-    """Closed-loop load for ``seconds`` (each client: send, wait for the answer, send again)."""
+             rows: int, rate: float = 0.0) -> LoadResult:
+    """Load for ``seconds``. Closed loop (``rate`` 0): each client sends, waits for the answer, sends again.
+    Open loop: ``rate`` requests/s in all, due at fixed times spread over the clients (one connection each, so at
+    most ``clients`` in flight); what the server cannot absorb shows as latency or as 503s."""
     try:
         import uvloop  # the generator's own event-loop cost is CPU the server does not get
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_run(client, host, port, token, body, clients, seconds, rows))
+    return runner(_run(client, host, port, token, body, clients, seconds, rows, rate))

@@ -123,6 +123,8 @@ def _parser() -> OneLineParser:
     p.add_argument("--clients", type=int, default=32, help="concurrent clients (1..256)")
     p.add_argument("--seconds", type=float, default=15.0, help="duration of the load (1..300 s)")
     p.add_argument("--batch", type=int, default=1, help="features per request")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="open loop: requests/s offered in all (0 = closed loop, each client back to back)")
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator (raw asyncio streams or httpx)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator to cores")
     # The server's own flags (splitshield serve --help), passed through.
@@ -142,6 +144,8 @@ def bench_serve(argv: list[str]) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would dominate the load
     if not 1 <= args.clients <= 256 or not 1 <= args.seconds <= 300 or not 1 <= args.batch <= 256:
         raise UserError("--clients must be 1..256, --seconds 1..300 and --batch 1..256 (the load is bounded)")
+    if not 0 <= args.rate <= 100_000:
+        raise UserError(f"--rate must be 0..100000 requests/s, got {args.rate:g}")
     if not 1 <= args.workers <= 64:
         raise UserError(f"--workers must be 1..64, got {args.workers}")
     import httpx
@@ -175,7 +179,7 @@ def bench_serve(argv: list[str]) -> int:
             info = httpx.get(f"{url}/v1/model", headers=auth).json()
             shape = (args.batch, *info["feature_shape"])
             body = wire.encode(np.random.default_rng(0).random(shape, dtype=np.float32))
-            load = {"clients": args.clients, "rows": args.batch}
+            load = {"clients": args.clients, "rows": args.batch, "rate": args.rate}
             run_load(args.client, HOST, port, token, body, seconds=1.0, **load)  # warm-up: connections, first calls
             before = httpx.get(f"{url}/v1/stats", headers=auth).json()["batching"]
             cpu0 = _cpu_seconds(proc.pid)
@@ -217,7 +221,9 @@ def _report(args, info: dict, body: bytes, res: LoadResult, hist: dict[str, int]
           f"{len(body)} bytes per request; backend {s['backend']}, {s['threads']} threads x {args.workers} workers, "
           f"window {s['batch_window_ms']:g} ms, max {s['max_batch_rows']} rows, queue {s['max_queue']}; "
           f"client {args.client}; {pinned}; load average {os.getloadavg()[0]:.2f}")
-    print(f"requests: {ok} ok, {res.errors} errors, {res.busy} x 503 in {elapsed:.1f} s with {args.clients} clients")
+    mode = f"open loop, {args.rate:g} req/s offered" if args.rate else "closed loop"
+    print(f"requests: {ok} ok, {res.errors} errors, {res.busy} x 503 in {elapsed:.1f} s with {args.clients} clients "
+          f"({mode})")
     print(f"throughput: {rate:.1f} req/s ({rows_rate:.1f} features/s)")
     print(f"latency: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.2f} ms")
     if forwards:
@@ -236,6 +242,7 @@ def _report(args, info: dict, body: bytes, res: LoadResult, hist: dict[str, int]
     done = max(ok + res.busy + res.errors, 1)
     print(f"cost: server {1e6 * server_cpu / done:.0f} us CPU/request, generator {1e6 * res.client_cpu / done:.0f} "
           f"us CPU/request ({args.client})")
-    print(f"serve: {args.clients} clients x {args.seconds:g} s: {rate:.1f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms,"
+    offered = f" at {args.rate:g} req/s offered" if args.rate else ""
+    print(f"serve: {args.clients} clients x {args.seconds:g} s{offered}: {rate:.1f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms,"
           f" max {worst:.2f} ms, {res.errors} errors, {res.busy} x 503, served/ceiling "
           f"{rows_rate / top if forwards else float('nan'):.3f}")
