@@ -241,12 +241,13 @@ def test_serve_refuses_bad_serving_flags_in_one_line(tmp_path, capsys, flags, ne
 def test_replica_factory_rebuilds_the_app_from_the_spec(run_dir, monkeypatch):
     from splitshield.deploy.server import Limits
 
-    spec = ServeSpec(run_dir, ServingConfig(backend="torch", threads=1, max_queue=5), vars(Limits(max_batch=8)))
+    spec = ServeSpec(run_dir, ServingConfig(backend="torch", max_queue=5), vars(Limits(max_batch=8)))
     monkeypatch.setenv(SPEC_ENV, spec.to_env())
     monkeypatch.setenv("SPLITSHIELD_TOKEN", TOKEN)
     with BackgroundServer(app_from_env()) as server:
         info = httpx.get(f"{server.url}/v1/model", headers=AUTH).json()
         assert info["serving"]["max_queue"] == 5 and info["limits"]["max_batch"] == 8
+        assert info["serving"]["threads"] == 1  # "auto" means 1 in a factory: it cannot see the other workers
         assert _post(server.url, np.zeros((2, *info["feature_shape"]), np.float32)).status_code == 200
         assert httpx.post(f"{server.url}/v1/predict", content=b"").status_code == 401  # the token is enforced
     monkeypatch.delenv(SPEC_ENV)

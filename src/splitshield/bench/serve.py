@@ -1,8 +1,8 @@
 """`splitshield bench serve [RUN_DIR] --clients 32 --seconds 15`: load test of the cloud server on loopback.
 
-The server runs in its own process (`splitshield serve`, as deployed); N closed-loop clients (loadgen.py) post
-binary features back to back for T seconds. With 2+ cores the server and the load generator are pinned to
-separate cores (os.sched_setaffinity), so they do not preempt each other. One run prints: throughput, p50/p99/max
+The server runs in its own process (`splitshield serve`, as deployed); N clients (loadgen.py) post binary
+features for T seconds, back to back or at a fixed rate. ``--pin`` puts the server and the load generator on
+separate cores (os.sched_setaffinity). One run prints: throughput, p50/p99/max
 latency, errors and 503s, the batch sizes the server formed (GET /v1/stats), the in-process forward rate of the
 cloud part at those batch sizes (the ceiling, measured after the server stopped), served/ceiling, and the CPU
 time per request of the server and of the generator. Loopback only, bounded in time.
@@ -126,7 +126,9 @@ def _parser() -> OneLineParser:
     p.add_argument("--rate", type=float, default=0.0,
                    help="open loop: requests/s offered in all (0 = closed loop, each client back to back)")
     p.add_argument("--client", choices=CLIENTS, default="raw", help="load generator (raw asyncio streams or httpx)")
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator to cores")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the server to all cores but the last and the generator to the last (default: the "
+                        "scheduler places them; pinned was slower when another job held a core)")
     # The server's own flags (splitshield serve --help), passed through.
     p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"))
     p.add_argument("--threads", type=int, default=1, help="intra-op threads in the server (0 = auto)")
@@ -226,7 +228,10 @@ def _report(args, info: dict, body: bytes, res: LoadResult, hist: dict[str, int]
           f"({mode})")
     print(f"throughput: {rate:.1f} req/s ({rows_rate:.1f} features/s)")
     print(f"latency: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.2f} ms")
-    if forwards:
+    if not forwards:
+        print(f"batches: none seen by the worker that answered GET /v1/stats (of {args.workers}: long-lived "
+              "connections may all sit on one worker); no ceiling")
+    else:
         common = sorted(hist.items(), key=lambda kv: -kv[1])[:6]
         whose = "" if args.workers == 1 else f" (one worker of {args.workers}, since its start)"
         print(f"batches{whose}: {forwards} forwards, mean {rows / forwards:.2f} rows; most "

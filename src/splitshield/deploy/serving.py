@@ -84,8 +84,10 @@ def build_app(spec: ServeSpec):  # noqa: ANN201  (FastAPI)
     from splitshield.deploy.cloud import CloudModel
     from splitshield.deploy.server import Limits, create_app
 
-    model = CloudModel.from_run(spec.run_dir, backend=spec.serving.backend, threads=spec.serving.threads)
-    return create_app(model, load_token(spec.token_file), Limits(**spec.limits), spec.serving)
+    # threads 0 here means 1: a factory cannot know how many workers share the machine (the CLI resolves it).
+    serving = ServingConfig(**{**asdict(spec.serving), "threads": spec.serving.threads or 1})
+    model = CloudModel.from_run(spec.run_dir, backend=serving.backend, threads=serving.threads)
+    return create_app(model, load_token(spec.token_file), Limits(**spec.limits), serving)
 
 
 def app_from_env():  # noqa: ANN201  (FastAPI)
