@@ -208,6 +208,8 @@ def test_full_queue_answers_503_with_retry_after_and_the_server_keeps_serving(ru
         assert busy.status_code == 503 and busy.headers["retry-after"] == "3"
         detail = busy.json()["detail"]
         assert "server busy" in detail and "retry after 3 s" in detail and "\n" not in detail
+        assert httpx.post(f"{server.url}/v1/predict", content=wire.encode(z)).status_code == 401  # busy or not
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
         gate.open.set()
         assert [f.result().status_code for f in held] == [200, 200, 200]
         assert _post(server.url, z).status_code == 200

@@ -101,7 +101,7 @@ class MicroBatcher:
 
     def refuses(self) -> bool:
         """True, and counted as a rejection, when a submit now would raise QueueFull: the server asks before it
-        reads and checks the body, so that under overload a 503 costs as little as possible."""
+        routes the request or reads its body (shedding.py), so that under overload a 503 costs little."""
         if self.waiting >= self.max_queue:
             self.stats.rejected += 1
             return True

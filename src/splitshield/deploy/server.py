@@ -28,6 +28,7 @@ from splitshield.deploy.background import BackgroundServer
 from splitshield.deploy.batcher import MicroBatcher, QueueFull
 from splitshield.deploy.cloud import CloudModel
 from splitshield.deploy.serving import ServingConfig
+from splitshield.deploy.shedding import ShedLoad
 
 __all__ = ["BackgroundServer", "CloudModel", "Limits", "create_app"]
 
@@ -194,9 +195,6 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
     served = {**asdict(serving), "backend": model.backend, "threads": model.threads}
     retry_after = {"Retry-After": str(serving.retry_after_s)}
 
-    def busy(why: str) -> HTTPException:
-        return HTTPException(503, f"server busy: {why}; retry after {serving.retry_after_s} s", headers=retry_after)
-
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):  # noqa: ANN202
         yield
@@ -204,6 +202,7 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
 
     app = FastAPI(title="splitshield cloud", version=__version__, lifespan=lifespan,
                   description="The cloud part of a split model: features in, class probabilities out.")
+    app.add_middleware(ShedLoad, batcher=batcher, token=token, retry_after_s=serving.retry_after_s)
     bearer = HTTPBearer(auto_error=False, description="SPLITSHIELD_TOKEN of the server")
 
     # async: a sync dependency would cost a thread-pool hop on every request
@@ -244,8 +243,6 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
         if ctype not in (wire.CONTENT_TYPE, "application/octet-stream", "application/json"):
             raise _fail(415, f"unsupported content type {ctype or '(none)'!r}; send {wire.CONTENT_TYPE} "
                              "(binary features) or application/json")
-        if batcher.refuses():
-            raise busy(f"{batcher.waiting} requests are already waiting (limit {serving.max_queue})")
         body = await _read_body(request, limits.max_body_bytes)
         if ctype == "application/json":
             z = _parse_json(body, limits)
@@ -261,7 +258,9 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
         try:
             probs = await batcher.submit(z)
         except QueueFull as exc:
-            raise busy(str(exc)) from None
+            # The queue filled while this body was read (ShedLoad refuses before reading when it is already full).
+            raise HTTPException(503, f"server busy: {exc}; retry after {serving.retry_after_s} s",
+                                headers=retry_after) from None
         top = probs.argmax(axis=1)
         names = model.class_names
         # Serialise directly: jsonable_encoder on thousands of floats costs more than the cloud forward pass.
