@@ -17,7 +17,8 @@ from splitshield.deploy import wire
 from splitshield.deploy.batcher import MicroBatcher, QueueFull
 from splitshield.deploy.cloud import CloudModel
 from splitshield.deploy.server import BackgroundServer, create_app
-from splitshield.deploy.serving import SPEC_ENV, ServeSpec, ServingConfig, app_from_env
+from splitshield.deploy.replicas import SPEC_ENV, ServeSpec, app_from_env
+from splitshield.deploy.serving import ServingConfig
 from splitshield.errors import UserError
 from splitshield.train import train
 

@@ -7,7 +7,7 @@ import logging
 import os
 
 log = logging.getLogger(__name__)
-APP_FACTORY = "splitshield.deploy.serving:app_from_env"
+APP_FACTORY = "splitshield.deploy.replicas:app_from_env"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,7 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
     from splitshield.deploy.auth import check_bind, load_token
     from splitshield.deploy.cloud import CloudModel
     from splitshield.deploy.server import Limits, create_app
-    from splitshield.deploy.serving import SPEC_ENV, ServeSpec, ServingConfig
+    from splitshield.deploy.replicas import SPEC_ENV, ServeSpec
+    from splitshield.deploy.serving import ServingConfig
     from splitshield.errors import UserError
 
     for name in ("port", "max_batch", "max_body_bytes", "max_json_batch", "workers"):

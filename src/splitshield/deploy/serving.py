@@ -1,20 +1,11 @@
-"""How the server runs the cloud: the serving knobs (``ServingConfig``) and the app factory for replicas.
-
-``splitshield serve --workers N`` starts N uvicorn worker processes on one port; each imports
-``splitshield.deploy.serving:app_from_env`` and rebuilds the model from the run directory named in
-``$SPLITSHIELD_SERVE_SPEC`` (JSON written by the parent), so no state is shared and any HTTP load balancer can
-spread requests over replicas on several machines too (docs/deploy.md).
-"""
+"""How the server runs the cloud: the serving knobs of one process (``ServingConfig``), all reported by
+GET /v1/model. The replica factory that rebuilds a server from them is in replicas.py."""
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Optional
+from dataclasses import asdict, dataclass
 
 from splitshield.errors import UserError
-
-SPEC_ENV = "SPLITSHIELD_SERVE_SPEC"
 
 
 def available_cores() -> int:
@@ -56,40 +47,3 @@ class ServingConfig:
         workers = max(1, workers)
         threads = self.threads or max(1, (available_cores() - workers) // workers)
         return ServingConfig(**{**asdict(self), "threads": threads})
-
-
-@dataclass
-class ServeSpec:
-    """Everything a worker process needs to rebuild the app (no secrets: the token comes from its own source)."""
-
-    run_dir: str
-    serving: ServingConfig
-    limits: dict = field(default_factory=dict)  # server.Limits as a dict
-    token_file: Optional[str] = None  # else $SPLITSHIELD_TOKEN, inherited from the parent
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls) -> "ServeSpec":
-        raw = os.environ.get(SPEC_ENV)
-        if not raw:
-            raise UserError(f"${SPEC_ENV} is not set; start replicas with 'splitshield serve RUN_DIR --workers N'")
-        data = json.loads(raw)
-        return cls(data["run_dir"], ServingConfig(**data["serving"]), data.get("limits", {}), data.get("token_file"))
-
-
-def build_app(spec: ServeSpec):  # noqa: ANN201  (FastAPI)
-    from splitshield.deploy.auth import load_token
-    from splitshield.deploy.cloud import CloudModel
-    from splitshield.deploy.server import Limits, create_app
-
-    # threads 0 here means 1: a factory cannot know how many workers share the machine (the CLI resolves it).
-    serving = ServingConfig(**{**asdict(spec.serving), "threads": spec.serving.threads or 1})
-    model = CloudModel.from_run(spec.run_dir, backend=serving.backend, threads=serving.threads)
-    return create_app(model, load_token(spec.token_file), Limits(**spec.limits), serving)
-
-
-def app_from_env():  # noqa: ANN201  (FastAPI)
-    """uvicorn factory (``--factory splitshield.deploy.serving:app_from_env``): one replica's app."""
-    return build_app(ServeSpec.from_env())
