@@ -161,3 +161,56 @@ def test_cli_refuses_random_dropout_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'dropout' is random at inference" in err
     assert not os.path.exists(os.path.join(run_dir, "export", "edge.onnx"))
+
+
+def test_cloud_export_matches_pytorch_on_real_features_and_is_served(noisy_run, capsys):
+    from splitshield.deploy.cloud import CloudModel, OnnxCloud, TorchCloud
+    from splitshield.deploy.cloud_export import fresh_cloud_export, served_features
+
+    run_dir = noisy_run[0]
+    assert main(["export", run_dir, "--part", "cloud", "--check-images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "cloud.onnx" in out and "in the logits vs PyTorch on 16 real features" in out
+    manifest, model_file = read_manifest(os.path.join(run_dir, "export", "cloud.json"))
+    run = load_run(run_dir)
+    assert manifest.part == "cloud" and manifest.model_hash == state_hash(run.model)
+    assert manifest.check["max_abs_diff"] < 1e-4 and manifest.check["agree_top1"] == 1.0
+    assert read_results(run_dir)["export-cloud"]["features"] == 16
+    # The features of the check are what the server receives: the device noise is in them.
+    z = served_features(run, 8)
+    assert not torch.equal(z, served_features(run, 8, seed=1))
+    onnx_model = CloudModel.from_run(run_dir, backend="onnx", threads=1)
+    torch_model = CloudModel.from_run(run_dir, backend="torch", threads=1)
+    assert isinstance(onnx_model.forward, OnnxCloud) and isinstance(torch_model.forward, TorchCloud)
+    np.testing.assert_allclose(onnx_model.predict(z.numpy()), torch_model.predict(z.numpy()), atol=1e-5)
+    assert fresh_cloud_export(run_dir, manifest.model_hash) == model_file
+    assert fresh_cloud_export(run_dir, "0" * 64) is None  # another checkpoint: the server re-exports
+    with pytest.raises(UserError, match="cloud part of the model, not the edge encoder"):
+        EdgeEncoder(os.path.join(run_dir, "export", "cloud.json"))
+    EdgeEncoder(run_dir)  # the edge export beside it still loads
+
+
+def test_cloud_export_check_fails_loudly_and_auto_falls_back_to_torch(tmp_path, monkeypatch, capsys):
+    import splitshield.deploy.cloud_export as ce
+    from splitshield.deploy.cloud import CloudModel
+
+    run_dir = tiny_run(tmp_path / "plain")
+    real = ce.onnx_session
+
+    class Off:  # an exported graph whose answers are off by 0.01
+        def __init__(self, path, *, threads):
+            self.session = real(path, threads=threads)
+
+        def run(self, names, feeds):
+            return [self.session.run(names, feeds)[0] + 0.01]
+
+    monkeypatch.setattr(ce, "onnx_session", Off)
+    assert main(["export", run_dir, "--part", "cloud"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differs from PyTorch by 0.01" in err and "--backend torch" in err
+    assert not os.path.exists(os.path.join(run_dir, "export", "cloud.onnx"))
+    assert CloudModel.from_run(run_dir, backend="auto").backend == "torch"  # a warning, then PyTorch
+    with pytest.raises(UserError, match="differs from PyTorch"):
+        CloudModel.from_run(run_dir, backend="onnx")
+    assert main(["export", run_dir, "--part", "cloud", "--format", "torchscript"]) == 2
+    assert "exports to onnx only" in capsys.readouterr().err

@@ -28,6 +28,9 @@ class EdgeEncoder:
     def __init__(self, path: str, noise: bool = True, seed: Optional[int] = None, threads: int = 1) -> None:
         self.manifest, self.model_path = read_manifest(path)
         m: Manifest = self.manifest
+        if m.part != "edge":
+            raise UserError(f"{path} is the {m.part} part of the model, not the edge encoder; pass the edge export "
+                            "(RUN_DIR/export/edge.json)")
         self.sigma = float(m.sigma) if noise else 0.0
         if not noise and m.sigma > 0:
             log.warning("device noise is OFF (trained sigma %.4g): transmitted features are unprotected by noise "

@@ -100,7 +100,9 @@ class DeployedEncoder(nn.Module):
         return z
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> None:
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str, *, input_name: str = "image",
+                output_name: str = "features") -> None:
+    """``module`` (one tensor in, one out) to ONNX with a dynamic batch dimension, quietly."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     # The exporter prints progress to stdout and logs pass details at INFO: noise for an export command.
     quiet = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.WARNING,
@@ -112,8 +114,9 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # exporter FutureWarnings are not actionable for users
-            torch.onnx.export(module, (example,), path, input_names=["image"], output_names=["features"],
-                              dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False, external_data=False)
+            # dynamic_shapes by position: the edge's forward names its input x, nn.Sequential names it input.
+            torch.onnx.export(module, (example,), path, input_names=[input_name], output_names=[output_name],
+                              dynamic_shapes=({0: batch},), dynamo=True, verbose=False, external_data=False)
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
@@ -176,7 +179,7 @@ def export_run(run_dir: str, fmt: str = "onnx", out_dir: str | None = None, chec
     os.close(fd)
     try:
         try:
-            (_export_onnx if fmt == "onnx" else _export_torchscript)(encoder, x[:2].clone(), tmp)
+            (export_onnx if fmt == "onnx" else _export_torchscript)(encoder, x[:2].clone(), tmp)
         except UserError:
             raise
         except Exception as exc:  # exporter failures are many types; the user needs one line, not a trace

@@ -53,6 +53,8 @@ class Manifest:
     check: dict[str, Any] = field(default_factory=dict)  # export check: max_abs_diff, images, atol
     dtype: str = "float32"
     version: int = MANIFEST_VERSION
+    # "edge": images in, features out (the device); "cloud": features in, logits out (the server).
+    part: str = "edge"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

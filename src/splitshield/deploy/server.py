@@ -1,24 +1,21 @@
 """The cloud part behind HTTP: a FastAPI app (served by uvicorn) that turns transmitted features into class
-probabilities. Only the cloud network stays in memory; it runs in eval mode under torch.inference_mode.
+probabilities. Only the cloud part stays in memory (cloud.py: onnxruntime or PyTorch); concurrent requests are
+batched into one forward pass (batcher.py) and a full queue is refused with 503 instead of growing latency.
 
 Status codes: 400 malformed body, 401 missing/wrong token, 413 body or batch over the limit, 415 unsupported
-content type, 422 well-formed but wrong shape, dtype or non-finite values. Every error is JSON ``{"detail": ...}``
-with one line saying what was wrong and what to send instead.
+content type, 422 well-formed but wrong shape, dtype or non-finite values, 503 queue full (with Retry-After).
+Every error is JSON ``{"detail": ...}`` with one line saying what was wrong and what to send instead.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import socket
-import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -27,7 +24,13 @@ from pydantic import BaseModel, Field, ValidationError
 from splitshield import __version__
 from splitshield.deploy import wire
 from splitshield.deploy.auth import token_matches
-from splitshield.deploy.manifest import state_hash
+from splitshield.deploy.background import BackgroundServer
+from splitshield.deploy.batcher import MicroBatcher, QueueFull
+from splitshield.deploy.cloud import CloudModel
+from splitshield.deploy.serving import ServingConfig
+from splitshield.deploy.shedding import ShedLoad
+
+__all__ = ["BackgroundServer", "CloudModel", "Limits", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -37,34 +40,6 @@ class Limits:
     max_batch: int = 256  # features per request
     max_body_bytes: int = 8 << 20
     max_json_batch: int = 16  # JSON lists are ~10x larger and slower to parse than the binary encoding
-
-
-class CloudModel:
-    """The cloud network plus what clients must know to talk to it."""
-
-    def __init__(self, cloud: torch.nn.Module, feature_shape: tuple[int, ...], input_shape: tuple[int, ...],
-                 sigma: float, class_names: list[str], model_hash: str, dataset: str) -> None:
-        self.cloud = cloud.eval()
-        self.feature_shape = tuple(feature_shape)
-        self.input_shape = tuple(input_shape)
-        self.sigma = sigma
-        self.class_names = class_names
-        self.model_hash = model_hash
-        self.dataset = dataset
-
-    @classmethod
-    def from_run(cls, run_dir: str) -> "CloudModel":
-        from splitshield.train.build import load_run
-
-        run = load_run(run_dir, "cpu")
-        # Hash the full model (what export hashed) before dropping the edge: only the cloud stays referenced.
-        return cls(run.model.cloud, run.model.feature_shape, run.info.input_shape, float(run.defenses.noise_std()),
-                   list(run.info.class_names), state_hash(run.model), run.info.name)
-
-    def predict(self, z: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits = self.cloud(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))
-            return torch.softmax(logits.float(), dim=1).numpy()
 
 
 class PredictJSON(BaseModel):
@@ -78,6 +53,31 @@ class Prediction(BaseModel):
     labels: list[str]
 
 
+class ServingInfo(BaseModel):
+    backend: str = Field(description="runtime of the cloud forward: onnx (onnxruntime) or torch")
+    threads: int = Field(description="intra-op threads of the cloud forward")
+    batch_window_ms: float = Field(description="extra wait for rows once requests queue up")
+    max_batch_rows: int = Field(description="rows in one batched forward")
+    max_queue: int = Field(description="requests allowed to wait; beyond it 503 with Retry-After")
+    retry_after_s: int
+
+
+class BatchingStats(BaseModel):
+    waiting: int = Field(description="requests in the queue now")
+    requests: int
+    rows: int
+    rejected: int = Field(description="503s since start (queue full)")
+    failed: int
+    forwards: int
+    mean_batch_rows: float
+    batch_rows_histogram: dict[str, int] = Field(description="rows per forward -> number of forwards")
+
+
+class Stats(BaseModel):
+    batching: BatchingStats
+    serving: ServingInfo
+
+
 class ModelInfo(BaseModel):
     feature_shape: list[int]
     dtype: str
@@ -88,6 +88,7 @@ class ModelInfo(BaseModel):
     dataset: str
     content_types: list[str]
     limits: dict[str, int]
+    serving: ServingInfo
     version: str
 
 
@@ -100,11 +101,15 @@ class Problem(BaseModel):
 
 
 _ERRORS = {400: "malformed body", 401: "missing or wrong bearer token", 413: "body or batch over the limit",
-           415: "unsupported content type", 422: "wrong shape or dtype, or non-finite values"}
+           415: "unsupported content type", 422: "wrong shape or dtype, or non-finite values",
+           503: "queue full: retry after the Retry-After header's seconds"}
 
 
 def _responses(*codes: int) -> dict:
-    return {code: {"model": Problem, "description": _ERRORS[code]} for code in codes}
+    out: dict = {code: {"model": Problem, "description": _ERRORS[code]} for code in codes}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    return out
 
 
 def _fail(status: int, detail: str) -> HTTPException:
@@ -179,13 +184,29 @@ def _body_doc(feature_shape: tuple[int, ...], max_json_batch: int) -> dict:
                                         "properties": {"features": features}}}}}}
 
 
-def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[Limits] = None) -> FastAPI:
+def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[Limits] = None,
+               serving: Optional[ServingConfig] = None) -> FastAPI:
     limits = limits or Limits()
-    app = FastAPI(title="splitshield cloud", version=__version__,
+    serving = serving or ServingConfig()
+    serving.check()
+    batcher = MicroBatcher(model.predict, window_ms=serving.batch_window_ms, max_rows=serving.max_batch_rows,
+                           max_queue=serving.max_queue)
+    # What this process really runs (the backend "auto" resolved, the model's thread count).
+    served = {**asdict(serving), "backend": model.backend, "threads": model.threads}
+    retry_after = {"Retry-After": str(serving.retry_after_s)}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):  # noqa: ANN202
+        yield
+        batcher.close()
+
+    app = FastAPI(title="splitshield cloud", version=__version__, lifespan=lifespan,
                   description="The cloud part of a split model: features in, class probabilities out.")
+    app.add_middleware(ShedLoad, batcher=batcher, token=token, retry_after_s=serving.retry_after_s)
     bearer = HTTPBearer(auto_error=False, description="SPLITSHIELD_TOKEN of the server")
 
-    def authorize(request: Request, _: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+    # async: a sync dependency would cost a thread-pool hop on every request
+    async def authorize(request: Request, _: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
         if token is not None and not token_matches(request.headers.get("authorization"), token):
             raise HTTPException(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -206,10 +227,16 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
                 "accepted_dtypes": ["float32", "float16"], "sigma": model.sigma, "class_names": model.class_names,
                 "model_hash": model.model_hash, "dataset": model.dataset,
                 "content_types": [wire.CONTENT_TYPE, "application/json"], "limits": asdict(limits),
-                "version": __version__}
+                "serving": served, "version": __version__}
+
+    @app.get("/v1/stats", response_model=Stats, dependencies=[Depends(authorize)], responses=_responses(401),
+             summary="batching counters of this process: batch sizes formed, 503s")
+    async def stats() -> dict:
+        return {"batching": batcher.stats.as_dict(batcher.waiting), "serving": served}
 
     @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorize)],
-              openapi_extra=_body_doc(model.feature_shape, limits.max_json_batch), responses=_responses(400, 401, 413, 415, 422),
+              openapi_extra=_body_doc(model.feature_shape, limits.max_json_batch),
+              responses=_responses(400, 401, 413, 415, 422, 503),
               summary="class probabilities for a batch of transmitted features")
     async def predict(request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -228,7 +255,12 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
             except wire.WireError as exc:
                 raise _fail(400, str(exc)) from None
         z = check_features(z, model, limits.max_batch)
-        probs = await run_in_threadpool(model.predict, z)
+        try:
+            probs = await batcher.submit(z)
+        except QueueFull as exc:
+            # The queue filled while this body was read (ShedLoad refuses before reading when it is already full).
+            raise HTTPException(503, f"server busy: {exc}; retry after {serving.retry_after_s} s",
+                                headers=retry_after) from None
         top = probs.argmax(axis=1)
         names = model.class_names
         # Serialise directly: jsonable_encoder on thousands of floats costs more than the cloud forward pass.
@@ -236,32 +268,5 @@ def create_app(model: CloudModel, token: Optional[str] = None, limits: Optional[
                    "labels": [names[i] if i < len(names) else str(i) for i in top.tolist()]}
         return Response(json.dumps(payload), media_type="application/json")
 
+    app.state.batcher = batcher
     return app
-
-
-class BackgroundServer:
-    """uvicorn in a thread on a socket bound before start (no port race): for tests and benchmarks."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "BackgroundServer":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start within 20 s")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
