@@ -204,3 +204,32 @@ def test_serve_refuses_public_bind_without_token(served, monkeypatch, capsys):
     assert main(["serve", served[0], "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "refusing to serve on non-loopback address 0.0.0.0 without a token" in err
+
+
+def test_no_defense_plain_cut_exports_and_serves_with_its_own_feature_shape(tmp_path):
+    from splitshield.models.base import Bottleneck
+
+    cfg = load_config({"name": "plain", "data": {"name": "synthetic", "batch_size": 32},
+                       "model": {"width": 0.125, "bottleneck_channels": None},
+                       "train": {"epochs": 1, "progress": False, "max_steps_per_epoch": 4}})
+    run_dir = train(cfg, out=str(tmp_path / "plain")).run_dir
+    run = load_run(run_dir)
+    assert not any(isinstance(m, Bottleneck) for m in run.model.edge.modules())  # the plain cut: no bottleneck
+    shape = tuple(run.model.feature_shape)
+    assert shape[0] == 16 and shape != (8, 4, 4)  # the cut layer's own channels (128 x 0.125), not 8
+    manifest, _ = export_run(run_dir, "onnx", check_count=8)
+    assert manifest.check["max_abs_diff"] < 1e-4 and tuple(manifest.feature_shape) == shape
+    x = check_images(run, 6)
+    z = EdgeEncoder(run_dir).encode(x.numpy())
+    assert z.shape == (6,) + shape and z.min() >= 0  # ReLU features, not a sigmoid's [0, 1]
+    with BackgroundServer(create_app(CloudModel.from_run(run_dir), TOKEN, LIMITS)) as server:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20) as http:
+            info = http.get("/v1/model").json()
+            assert tuple(info["feature_shape"]) == shape
+            r = post_features(http, z)
+            assert r.status_code == 200, r.text
+            with torch.no_grad():
+                ref = torch.softmax(run.model.cloud(torch.from_numpy(z)), dim=1).numpy()
+            np.testing.assert_allclose(np.array(r.json()["probabilities"]), ref, atol=1e-5)
+            wrong = post_features(http, np.zeros((2, 8, 4, 4), np.float32))  # a bottleneck-shaped feature
+            assert wrong.status_code == 422
