@@ -25,6 +25,7 @@ class EarlyStopping:
 
     patience: Optional[int]  # None: never stop early (run the whole budget)
     min_delta: float = 1e-3  # relative improvement that counts as progress
+    min_epochs: int = 0  # never stop before this many epochs (the first epochs of a fast schedule are noisy)
     best: float = math.inf
     best_epoch: int = 0  # 1-based; 0 before any epoch
     history: list[float] = field(default_factory=list)
@@ -40,7 +41,8 @@ class EarlyStopping:
 
     @property
     def stop(self) -> bool:
-        return self.patience is not None and self._stale >= self.patience
+        return (self.patience is not None and self._stale >= self.patience
+                and len(self.history) >= self.min_epochs)
 
     def summary(self, max_epochs: int) -> dict[str, Any]:
         """For the result record: epochs run, the kept epoch, and whether the fit converged within its budget

@@ -31,6 +31,7 @@ class DecoderConfig(AttackConfig):
     schedule: Literal["plateau", "cosine", "constant"] = "plateau"  # cosine: per step over the whole budget
     patience: Optional[int] = 4  # epochs without a relative val-MSE improvement of min_delta; None: full budget
     min_delta: float = 2e-3
+    min_epochs: int = 10  # no early stop before this (early epochs at a high lr are noisy, not converged)
     lr_patience: int = 1  # plateau schedule: halve the rate after this many epochs without progress
 
     def check(self, path: str) -> None:
@@ -55,8 +56,8 @@ class DecoderAttack(Attack):
     which (``info.converged``).
 
     Args (``DecoderConfig``): epochs=50 (maximum), lr=1e-3, weight_decay=1e-4, blocks=8, channels=64, stem="conv",
-    schedule="plateau", patience=4, min_delta=2e-3, batch_size=256, train_size=None (all attacker images),
-    val_fraction=0.05.
+    schedule="plateau", patience=4, min_delta=2e-3, min_epochs=10, batch_size=256, train_size=None (all attacker
+    images), val_fraction=0.05.
     Shape: invert (B, *feature_shape) -> (B, C, H, W) in [0, 1].
     Example: ``run_attack("runs/quick", "decoder", "train", {"epochs": 2})``
     """
@@ -79,7 +80,7 @@ class DecoderAttack(Attack):
         opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = LRSchedule(cfg.schedule, opt, total_steps=cfg.epochs * -(-len(x_fit) // cfg.batch_size),
                            lr_patience=cfg.lr_patience, min_delta=cfg.min_delta)
-        stopper, best = EarlyStopping(cfg.patience, cfg.min_delta), BestState()
+        stopper, best = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs), BestState()
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             decoder.train()

@@ -23,6 +23,7 @@ class GANConfig(AttackConfig):
     epochs: int = 150  # the maximum budget; stops earlier when the validation MSE plateaus (patience)
     patience: Optional[int] = 4
     min_delta: float = 2e-3
+    min_epochs: int = 0
     critic_lr: float = 5e-3
     generator_lr: float = 5e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -103,7 +104,7 @@ class GANAttack(Attack):
         opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
         val = list(self.pairs(x_val))
         self.info["decoder_val_mse"] = validation_mse(self, gen, val)
-        stopper, best = EarlyStopping(cfg.patience, cfg.min_delta), BestState()
+        stopper, best = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs + 1), BestState()
         stopper.update(self.info["decoder_val_mse"])  # epoch 0: the decoder the GAN starts from
         best.keep(gen)
         for epoch in range(cfg.epochs):

@@ -1,7 +1,8 @@
 """Typed configs of the grid commands (`table`, `sweep`) and their expansion into experiment tasks.
 
 A grid file names a base experiment config (``base:``, relative to the grid file) plus ``set:`` overrides, and
-what to vary; ``inherit: other-grid.yaml`` starts from another grid file (merged like an experiment's ``base:``). A table has rows (a label, the defenses it trains with or a ``preset:`` file whose defenses it takes,
+what to vary; ``inherit: other-grid.yaml`` starts from another grid file (merged like an experiment's ``base:``).
+A table has rows (a label, the defenses it trains with or a ``preset:`` file whose defenses it takes,
 and row-specific ``set:`` overrides) and arms, applied to every row: an arm names components to add, e.g.
 
     arms:
