@@ -35,11 +35,17 @@ def test_two_seeded_runs_are_bit_identical_and_other_seeds_differ(tiny_raw, tmp_
     assert not torch.equal(params(r1.run_dir)["edge.1.0.weight"], params(r3.run_dir)["edge.1.0.weight"])
 
 
-@pytest.mark.parametrize("numerics", [("fp32", "contiguous"), ("bf16", "channels_last")])
-def test_interrupted_then_resumed_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch, numerics) -> None:
-    # bfloat16 autocast + channels-last (the CPU default where the CPU has bf16) keeps the exact-resume guarantee
-    raw = dict(tiny_raw, train=dict(tiny_raw["train"], epochs=3, milestones=[2], precision=numerics[0],
-                                    memory_format=numerics[1]))
+RESSFL = [{"name": "gaussian_noise", "sigma": 0.05},
+          {"name": "ressfl", "pretrain_epochs": 1, "pretrain_max_steps": 2, "channels": 8, "blocks": 1}]
+
+
+@pytest.mark.parametrize("numerics,defenses", [(("fp32", "contiguous"), []), (("bf16", "channels_last"), []),
+                                               (("bf16", "channels_last"), RESSFL)])
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_raw, tmp_path, monkeypatch, numerics, defenses) -> None:
+    # bfloat16 autocast + channels-last (the CPU default where the CPU has bf16) keeps the exact-resume guarantee,
+    # also for a simulated attacker that runs under the same numerics (its layout set on first use either way)
+    raw = dict(tiny_raw, defenses=defenses, train=dict(tiny_raw["train"], epochs=3, milestones=[2],
+                                                       precision=numerics[0], memory_format=numerics[1]))
     cfg = load_config(raw)
     full = train(cfg, out=str(tmp_path / "full"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from splitshield import parallel
 from splitshield.data import to_unit
 from splitshield.nets.decoder import ResidualDecoder
+from splitshield.precision import Numerics
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,25 @@ class SimulatedAttacker(nn.Module):
             torch.manual_seed(seed)
             self.decoder = ResidualDecoder(feature_shape, image_shape, blocks=blocks, channels=channels)
         self.optimizer = torch.optim.Adam(self.decoder.parameters(), lr=lr)
+        self._channels_last = False
 
-    def leakage(self, z: torch.Tensor, x: torch.Tensor, measure: Measure, tau: float) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
-        """(penalty before weighting, detached score). ssim: relu(SSIM - tau); mse: -MSE. Grad reaches z only."""
+    def _forward(self, z: torch.Tensor, numerics: Optional[Numerics]) -> torch.Tensor:
+        """The decoder under the run's autocast and layout (it is a network like the model's); float32 out."""
+        if numerics is None:
+            return self.decoder(z)
+        if numerics.channels_last and not self._channels_last:  # once, the same on a fresh and a resumed run
+            numerics.module(self.decoder)
+            self._channels_last = True
+        with numerics.autocast():
+            return self.decoder(numerics.tensor(z))
+
+    def leakage(self, z: torch.Tensor, x: torch.Tensor, measure: Measure, tau: float,
+                numerics: Optional[Numerics] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penalty before weighting, detached score). ssim: relu(SSIM - tau); mse: -MSE. Grad reaches z only.
+        The decoder runs under ``numerics``; the score is computed in float32."""
         self.decoder.requires_grad_(False)
         try:
-            x_rec = self.decoder(z)  # (B, C, H, W) in [0, 1]
+            x_rec = self._forward(z, numerics)  # (B, C, H, W) in [0, 1]
         finally:
             self.decoder.requires_grad_(True)
         if measure == "ssim":
@@ -53,10 +66,9 @@ class SimulatedAttacker(nn.Module):
         mse = F.mse_loss(x_rec.float(), x.float())
         return -mse, mse.detach()
 
-    def step(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def step(self, z: torch.Tensor, x: torch.Tensor, numerics: Optional[Numerics] = None) -> torch.Tensor:
         """One Adam step of the attacker on (z, x), z detached; returns its MSE (detached)."""
-
-        loss = F.mse_loss(self.decoder(z.detach().float()), x.float())
+        loss = F.mse_loss(self._forward(z.detach().float(), numerics).float(), x.float())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parallel.average_gradients(self.decoder.parameters())  # no-op in one process
@@ -64,7 +76,8 @@ class SimulatedAttacker(nn.Module):
         return loss.detach()
 
     def pretrain(self, edge: nn.Module, transmit: Callable[[torch.Tensor], torch.Tensor], data: Any,
-                 device: torch.device, *, epochs: int, max_steps: int | None, seed: int) -> None:
+                 device: torch.device, *, epochs: int, max_steps: int | None, seed: int,
+                 numerics: Optional[Numerics] = None) -> None:
         """Fit the decoder to the initial encoder's transmitted features on the training set.
 
         Uses a copy of the edge in train mode (batch statistics, as in training, without touching the real BN
@@ -86,7 +99,7 @@ class SimulatedAttacker(nn.Module):
                 x = to_unit(images[rank::world].to(device))
                 with torch.no_grad():
                     z = transmit(probe(x))
-                total = total + self.step(z, x) * len(x)
+                total = total + self.step(z, x, numerics) * len(x)
                 n += len(x)
             log.info("simulated attacker pre-training epoch %d/%d: MSE %.4f", epoch + 1, epochs,
                      float(total) / max(n, 1))

@@ -65,6 +65,8 @@ class DefenseEnv:
     batch_size: int  # the (global) training batch
     seed: int = 0
     samples_per_epoch: Optional[int] = None  # images seen per epoch when epochs are capped; None: train_size
+    precision: str = "fp32"  # the run's train.precision / memory_format (for helper networks trained in setup)
+    memory_format: str = "contiguous"
 
     @property
     def epoch_size(self) -> int:

@@ -26,6 +26,7 @@ from splitshield.defenses._attacker import Measure, SimulatedAttacker
 from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, StepContext
 from splitshield.errors import ConfigError
 from splitshield.models.base import SplitModel
+from splitshield.precision import resolve_numerics
 
 
 @DEFENSES.register("ressfl")
@@ -64,17 +65,18 @@ class ResSFL(Defense):
 
     def setup(self, model: SplitModel, data: Any, device: torch.device) -> None:
         if self.attacker is not None:
+            numerics = resolve_numerics(self.env.precision, self.env.memory_format, device)
             self.attacker.pretrain(model.edge, self.view.transmit, data, device,
                                    epochs=self.cfg.pretrain_epochs, max_steps=self.cfg.pretrain_max_steps,
-                                   seed=self._seed)
+                                   seed=self._seed, numerics=numerics)
 
     def penalty(self, ctx: StepContext) -> Optional[torch.Tensor]:
         if self.attacker is None:
             return None
-        term, score = self.attacker.leakage(ctx.z, ctx.x, self.cfg.measure, self.cfg.tau)
+        term, score = self.attacker.leakage(ctx.z, ctx.x, self.cfg.measure, self.cfg.tau, ctx.numerics)
         ctx.logs[f"ressfl/{self.cfg.measure}"] = score
         return self.cfg.alpha * term
 
     def update(self, ctx: StepContext) -> None:
         if self.attacker is not None:
-            ctx.logs["ressfl/attacker_mse"] = self.attacker.step(ctx.z, ctx.x)
+            ctx.logs["ressfl/attacker_mse"] = self.attacker.step(ctx.z, ctx.x, ctx.numerics)

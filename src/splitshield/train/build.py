@@ -29,7 +29,8 @@ def build_components(cfg: ExperimentConfig, info: DatasetInfo, train_size: int) 
     per_epoch = min(train_size, cap * batch) if cap is not None else None
     env = DefenseEnv(num_classes=info.num_classes, input_shape=info.input_shape, feature_shape=model.feature_shape,
                      train_size=train_size, epochs=cfg.train.epochs, batch_size=batch, seed=cfg.seed,
-                     samples_per_epoch=per_epoch)
+                     samples_per_epoch=per_epoch, precision=cfg.train.precision,
+                     memory_format=cfg.train.memory_format)
     defenses, model = DefenseStack.build(cfg.defenses, env, model)
     return model, defenses  # type: ignore[return-value]
 
