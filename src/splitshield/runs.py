@@ -79,9 +79,12 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
 class RunFolder:
     """One run folder: its config (read once), metrics, and stored results by typed key."""
 
-    def __init__(self, path: str, sink: Optional[ResultSink] = None) -> None:
+    def __init__(self, path: str, sink: Optional[ResultSink] = None,
+                 config: Optional[ExperimentConfig] = None) -> None:
         self.path = path
         self.sink = sink
+        if config is not None:  # the caller holds it already (training, a loaded run): not read again
+            self.__dict__["config"] = config
 
     @functools.cached_property
     def config(self) -> ExperimentConfig:

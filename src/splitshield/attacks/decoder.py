@@ -28,6 +28,7 @@ class DecoderConfig(AttackConfig):
     blocks: int = 8
     channels: int = 64
     stem: Literal["conv", "dense"] = "conv"  # conv: the papers' decoder; dense: a linear stem (nets/decoder.py)
+    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
     schedule: Literal["plateau", "cosine", "constant"] = "plateau"  # cosine: per step over the whole budget
     patience: Optional[int] = 4  # epochs without a relative val-MSE improvement of min_delta; None: full budget
     min_delta: float = 2e-3
@@ -74,7 +75,7 @@ class DecoderAttack(Attack):
         torch.manual_seed(self.seed)  # decoder initialisation
         feature_shape = tuple(self.edge_features(x_val[:1]).shape[1:])
         decoder = ResidualDecoder(feature_shape, self.image_shape, blocks=cfg.blocks, channels=cfg.channels,
-                                  stem=cfg.stem)
+                                  stem=cfg.stem, taper=cfg.taper)
         self.numerics.module(decoder.to(self.device))
         val = list(self.pairs(x_val))  # one fixed noise draw: epochs are compared on the same validation features
         opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -155,12 +156,13 @@ def fitted_decoder(attack: Attack, x_fit: torch.Tensor, x_val: torch.Tensor, par
     path = _decoder_path(attack.artifacts) if attack.artifacts else None
     if reuse and path and os.path.isfile(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        arch_ok = all(saved["config"].get(k, "conv" if k == "stem" else None) == getattr(cfg, k)
-                      for k in ("blocks", "channels", "stem", "train_size"))
+        defaults = {"stem": "conv", "taper": False}  # decoders saved before these options existed
+        arch_ok = all(saved["config"].get(k, defaults.get(k)) == getattr(cfg, k)
+                      for k in ("blocks", "channels", "stem", "taper", "train_size"))
         if saved["seed"] == attack.seed and arch_ok:
             feature_shape = tuple(attack.edge_features(x_val[:1]).shape[1:])
             decoder = ResidualDecoder(feature_shape, attack.image_shape, blocks=cfg.blocks, channels=cfg.channels,
-                                      stem=cfg.stem)
+                                      stem=cfg.stem, taper=cfg.taper)
             decoder.load_state_dict(saved["state"])
             attack.info["decoder"] = {"source": path, "config": saved["config"]}
             return attack.numerics.module(decoder.to(attack.device).eval())

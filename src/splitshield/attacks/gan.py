@@ -39,6 +39,7 @@ class GANConfig(AttackConfig):
     blocks: int = 8
     channels: int = 64
     stem: Literal["conv", "dense"] = "conv"
+    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
 
 
 class Critic(nn.Module):
@@ -93,8 +94,8 @@ class GANAttack(Attack):
     def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
         cfg = self.cfg
         gen = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
-                                                  "blocks": cfg.blocks, "channels": cfg.channels, "stem": cfg.stem},
-                             reuse=cfg.reuse_decoder)
+                                                  "blocks": cfg.blocks, "channels": cfg.channels, "stem": cfg.stem,
+                                                  "taper": cfg.taper}, reuse=cfg.reuse_decoder)
         torch.manual_seed(self.seed + 1)  # critic initialisation, interpolation weights
         g = torch.Generator().manual_seed(self.seed + 1)
         # The critic stays in float32: the gradient penalty differentiates through it twice (create_graph).

@@ -30,6 +30,7 @@ class RMLEConfig(AttackConfig):
     blocks: int = 8
     channels: int = 64
     stem: Literal["conv", "dense"] = "conv"
+    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
     batch_size: int = 512
 
 
@@ -71,7 +72,7 @@ class RMLEAttack(Attack):
         if cfg.init == "decoder":
             self.decoder = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
                                                                "blocks": cfg.blocks, "channels": cfg.channels,
-                                                               "stem": cfg.stem},
+                                                               "stem": cfg.stem, "taper": cfg.taper},
                                           reuse=cfg.reuse_decoder)
 
     def invert(self, z: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,8 @@ def _attack_rate(cfg: ExperimentConfig, numerics: Numerics, feature_shape: tuple
     acfg = ATTACKS.config_of(spec.name, spec.params, "attacks")
     torch.manual_seed(0)
     decoder = numerics.module(ResidualDecoder(feature_shape, image_shape, blocks=acfg.blocks,  # type: ignore
-                                              channels=acfg.channels, stem=acfg.stem))
+                                              channels=acfg.channels, stem=acfg.stem,
+                                              taper=acfg.taper))
     opt = torch.optim.Adam(decoder.parameters(), lr=acfg.lr)
     z = numerics.tensor(torch.rand(acfg.batch_size, *feature_shape))
     x = torch.rand(acfg.batch_size, *image_shape)

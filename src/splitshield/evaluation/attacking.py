@@ -95,7 +95,7 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
     x_fit, x_val, x_score = own[split.fit], own[split.val], test[split.score]
     if len(x_fit) < 1 or len(x_score) < 1:
         raise ConfigError(f"protocol {protocol!r} leaves no images to fit or score; use a larger dataset")
-    folder = RunFolder(run.run_dir, sink)
+    folder = RunFolder(run.run_dir, sink, run.cfg)
     key = AttackKey(name, protocol)
     artifacts = os.path.join(run.run_dir, RESULTS_DIR, f"attack-{protocol}-s{seed}-") if run.run_dir else None
     attack = ATTACKS.get(name)(cfg, run, image_shape=tuple(run.info.input_shape), seed=seed, artifacts=artifacts,

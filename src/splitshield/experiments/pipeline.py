@@ -115,6 +115,8 @@ def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[st
     from splitshield import parallel
     from splitshield.data import build_data
     from splitshield.evaluation.attacking import run_attack
+    from splitshield.resolve import resolve
+    from splitshield.runs import load_run_config
     from splitshield.train.build import load_run
 
     started = time.perf_counter()
@@ -123,9 +125,10 @@ def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[st
     computed = ["train"] if ensure_trained(cfg, run_dir, sink) else []
     if not parallel.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
         return RunResult(run_dir, computed=computed)
-    folder = RunFolder(run_dir, sink)
-    data = build_data(folder.config.data, folder.config.seed, train_shuffle=False)  # once for every step below
-    run = load_run(run_dir, device, info=data.info)
+    stored_cfg = resolve(load_run_config(run_dir))  # config.yaml, read once for every step below
+    data = build_data(stored_cfg.data, stored_cfg.seed, train_shuffle=False)  # once, shared by every step below
+    run = load_run(run_dir, device, info=data.info, cfg=stored_cfg)
+    folder = RunFolder(run_dir, sink, run.cfg)
     for name in names:
         for protocol in protocols:
             if stored_attack(run, name, protocol, seed) is None:
@@ -142,6 +145,6 @@ def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[st
 
         folder.write(EFFICIENCY, split_efficiency(run.model, latency=True).to_dict())
     log.info("%s: %s", run_dir, "computed " + ", ".join(computed) if computed else "all steps reused")
-    result = RunResult.from_folder(RunFolder(run_dir))
+    result = RunResult.from_folder(RunFolder(run_dir, config=run.cfg))
     result.computed, result.seconds = computed, time.perf_counter() - started
     return result

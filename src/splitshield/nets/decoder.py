@@ -5,7 +5,8 @@ feature's spatial size, ``blocks`` residual blocks at that width, transposed con
 size reaches the image size, then a 3x3 conv and a sigmoid. With 8 blocks at 64 channels and the conv stem it has
 ~0.7M parameters, as in the papers. Used by the decoder/GAN attacks and by attacker-aware training (ResSFL).
 
-Stems: ``conv`` (the papers': a 3x3 conv, local) or ``dense`` (a linear map from the whole flattened feature to
+``taper`` halves the channels at each upsampling stage (the papers keep them), where most of the decoder's compute is
+spent at the high resolutions. Stems: ``conv`` (the papers': a 3x3 conv, local) or ``dense`` (a linear map from the whole flattened feature to
 every position of the first map, then BN + ReLU). The dense stem lets every output pixel draw on every feature
 coordinate from the first layer on, which the bottleneck's few channels make worth it: docs/attacks.md has the
 measured comparison.
@@ -46,7 +47,7 @@ class DenseStem(nn.Module):
 
 class ResidualDecoder(nn.Module):
     def __init__(self, feature_shape: tuple[int, int, int], image_shape: tuple[int, int, int], *,
-                 blocks: int = 8, channels: int = 64, stem: str = "conv") -> None:
+                 blocks: int = 8, channels: int = 64, stem: str = "conv", taper: bool = False) -> None:
         super().__init__()
         c, h, _ = feature_shape
         out_c, out_h, out_w = image_shape
@@ -57,10 +58,13 @@ class ResidualDecoder(nn.Module):
         layers: list[nn.Module] = [first, nn.BatchNorm2d(channels), nn.ReLU(True)]
         layers += [ResBlock(channels) for _ in range(blocks)]
         ups = max(0, math.ceil(math.log2(out_h / h))) if h < out_h else 0
-        for _ in range(ups):
-            layers += [nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1),
-                       nn.BatchNorm2d(channels), nn.ReLU(True)]
-        layers.append(nn.Conv2d(channels, out_c, 3, padding=1))
+        width = channels
+        for _ in range(ups):  # taper: halve the width at each doubling of the resolution (most of the cost is there)
+            nxt = max(8, width // 2) if taper else width
+            layers += [nn.ConvTranspose2d(width, nxt, 3, stride=2, padding=1, output_padding=1),
+                       nn.BatchNorm2d(nxt), nn.ReLU(True)]
+            width = nxt
+        layers.append(nn.Conv2d(width, out_c, 3, padding=1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

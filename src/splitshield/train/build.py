@@ -52,9 +52,10 @@ class LoadedRun:
         return self.defenses.transform(self.model.edge(x))
 
 
-def load_run(run_dir: str, device: str | torch.device = "cpu", info: Optional[DatasetInfo] = None) -> LoadedRun:
+def load_run(run_dir: str, device: str | torch.device = "cpu", info: Optional[DatasetInfo] = None,
+             cfg: Optional[ExperimentConfig] = None) -> LoadedRun:
     """Rebuild model and defenses from a run directory and load its last checkpoint."""
-    cfg = load_run_config(run_dir)
+    cfg = cfg or load_run_config(run_dir)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location="cpu")
     info = info or make_source(cfg.data).dataset_info()
     model, defenses = build_components(cfg, info, train_size=int(state.get("train_size", 1)))

@@ -300,7 +300,7 @@ def train(cfg: ExperimentConfig, out: Optional[str] = None, *, resume_dir: Optio
         accuracy = float(state["test_accuracy"])  # resumed a finished run: nothing left to do
     seconds = time.perf_counter() - started
     if main:
-        RunFolder(run_dir, sink).write(TRAIN, {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
+        RunFolder(run_dir, sink, cfg).write(TRAIN, {"test_accuracy": accuracy, "epochs": cfg.train.epochs, "seconds": seconds,
                                         "feature_shape": list(model.feature_shape)})
     parallel.barrier()  # every rank returns once the results are on disk
     return TrainResult(run_dir, cfg.train.epochs, accuracy, seconds)
