@@ -83,7 +83,6 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     import splitshield.train.loop as loop
     from splitshield import parallel
     from splitshield.resultsdb import ResultsDB
-    from splitshield.train import distributed  # noqa: F401
 
     sessions = []
     real_setup = loop.setup_training
@@ -190,8 +189,7 @@ def cem_batch_steps(rows: slice, reduce) -> dict:  # noqa: ANN001
 def attacker_step(rows: slice, sync: bool) -> dict:
     """Gradients of one simulated-attacker step on ``rows`` of a fixed global batch of 8."""
     from splitshield.defenses._attacker import SimulatedAttacker
-    from splitshield import parallel
-    from splitshield.train import distributed  # noqa: F401
+    from splitshield.train import distributed
 
     attacker = SimulatedAttacker((2, 4, 4), (1, 16, 16), blocks=1, channels=8, lr=1e-3, seed=0)
     if sync:
@@ -205,7 +203,6 @@ def attacker_step(rows: slice, sync: bool) -> dict:
 def _units() -> dict:
     """Unit checks run inside the process group: CEM's gathered fit, its per-batch updates, the attacker."""
     from splitshield import parallel
-    from splitshield.train import distributed  # noqa: F401
 
     rank, world = parallel.rank(), parallel.world_size()
     feats, labels = cem_inputs()

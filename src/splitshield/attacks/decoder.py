@@ -44,6 +44,24 @@ class DecoderConfig(AttackConfig):
             raise ConfigError(f"{path}: min_delta must be >= 0 and lr positive")
 
 
+@dataclass
+class DecoderStart:
+    """Attacks that start from a fitted decoder (GAN, rMLE init=decoder): which one, and how to train it when no
+    decoder attack of the same protocol and seed was saved (``splitshield attack ... --attack decoder`` first)."""
+
+    reuse_decoder: bool = True
+    decoder_epochs: int = 50
+    decoder_lr: float = 1e-3
+    blocks: int = 8
+    channels: int = 64
+    stem: Literal["conv", "dense"] = "conv"
+    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
+
+    def decoder_params(self) -> dict[str, Any]:
+        return {"epochs": self.decoder_epochs, "lr": self.decoder_lr, "blocks": self.blocks,
+                "channels": self.channels, "stem": self.stem, "taper": self.taper}
+
+
 @ATTACKS.register("decoder")
 class DecoderAttack(Attack):
     """Decoder MIA: a residual decoder trained with MSE on (transmitted feature, image) pairs (ResSFL/CEM).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,13 +13,13 @@ from torch import nn
 from splitshield.attacks import ATTACKS
 from splitshield.attacks._fitting import BestState, EarlyStopping
 from splitshield.attacks.base import Attack, AttackConfig
-from splitshield.attacks.decoder import fitted_decoder, validation_mse
+from splitshield.attacks.decoder import DecoderStart, fitted_decoder, validation_mse
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class GANConfig(AttackConfig):
+class GANConfig(DecoderStart, AttackConfig):
     epochs: int = 150  # the maximum budget; stops earlier when the validation MSE plateaus (patience)
     patience: Optional[int] = 4
     min_delta: float = 2e-3
@@ -31,15 +31,7 @@ class GANConfig(AttackConfig):
     mse_weight: float = 1500.0
     critic_steps: int = 1  # critic updates per generator update
     critic_channels: int = 64
-    # The generator starts from a decoder attack of the same protocol and seed: the saved one when available
-    # (``splitshield attack ... --attack decoder`` first), else one trained here with these settings.
-    reuse_decoder: bool = True
-    decoder_epochs: int = 50
-    decoder_lr: float = 1e-3
-    blocks: int = 8
-    channels: int = 64
-    stem: Literal["conv", "dense"] = "conv"
-    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
+    # The generator starts from a decoder attack of the same protocol and seed (DecoderStart's fields).
 
 
 class Critic(nn.Module):
@@ -93,9 +85,7 @@ class GANAttack(Attack):
 
     def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
         cfg = self.cfg
-        gen = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
-                                                  "blocks": cfg.blocks, "channels": cfg.channels, "stem": cfg.stem,
-                                                  "taper": cfg.taper}, reuse=cfg.reuse_decoder)
+        gen = fitted_decoder(self, x_fit, x_val, cfg.decoder_params(), reuse=cfg.reuse_decoder)
         torch.manual_seed(self.seed + 1)  # critic initialisation, interpolation weights
         g = torch.Generator().manual_seed(self.seed + 1)
         # The critic stays in float32: the gradient penalty differentiates through it twice (create_graph).

@@ -9,13 +9,13 @@ import torch
 
 from splitshield.attacks import ATTACKS
 from splitshield.attacks.base import Attack, AttackConfig
-from splitshield.attacks.decoder import fitted_decoder
+from splitshield.attacks.decoder import DecoderStart, fitted_decoder
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RMLEConfig(AttackConfig):
+class RMLEConfig(DecoderStart, AttackConfig):
     steps: int = 5000
     # lr and tv_weight: our references do not give He et al.'s values; these were the best of 5 (lr, tv) settings
     # tried on quick-fmnist (64 infer-protocol images, 600 steps): (.01,.001) (.01,.01) (.01,.1) (.05,.01) (.05,.05).
@@ -23,14 +23,7 @@ class RMLEConfig(AttackConfig):
     tv_weight: float = 0.05
     init: Literal["blank", "decoder"] = "blank"
     blank_value: float = 0.5  # the blank start is a flat grey image
-    # init=decoder: the decoder attack of the same protocol and seed (saved one when available, else trained here)
-    reuse_decoder: bool = True
-    decoder_epochs: int = 50
-    decoder_lr: float = 1e-3
-    blocks: int = 8
-    channels: int = 64
-    stem: Literal["conv", "dense"] = "conv"
-    taper: bool = False  # halve the channels at each upsampling stage (nets/decoder.py)
+    # init=decoder: the decoder attack of the same protocol and seed (DecoderStart's fields)
     batch_size: int = 512
 
 
@@ -70,10 +63,7 @@ class RMLEAttack(Attack):
     def fit(self, x_fit: torch.Tensor, x_val: torch.Tensor) -> None:
         cfg = self.cfg
         if cfg.init == "decoder":
-            self.decoder = fitted_decoder(self, x_fit, x_val, {"epochs": cfg.decoder_epochs, "lr": cfg.decoder_lr,
-                                                               "blocks": cfg.blocks, "channels": cfg.channels,
-                                                               "stem": cfg.stem, "taper": cfg.taper},
-                                          reuse=cfg.reuse_decoder)
+            self.decoder = fitted_decoder(self, x_fit, x_val, cfg.decoder_params(), reuse=cfg.reuse_decoder)
 
     def invert(self, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_grid_args, run_grid
+from splitshield.cli.common import add_grid_args, finish_grid, run_grid
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from splitshield.experiments.report import write_report
-
     ran = run_grid(args, "sweep")
-    if ran is None:
-        return 0
-    grid, results = ran
-    print(f"report: {write_report(str(grid.out))}")
-    return 1 if any(not r.ok for r in results) else 0
+    return 0 if ran is None else finish_grid(*ran)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="trade-off curves over noise, lambda and cut layer, with and without CEM")
+    p = sub.add_parser("sweep", help="trade-off curves (noise, lambda, cut layer, training size) in every arm")
     add_grid_args(p, "sweep grid YAML, e.g. configs/quick-fmnist-sweep.yaml")
     p.set_defaults(handler=_sweep)

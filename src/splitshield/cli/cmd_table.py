@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_grid_args, run_grid
+from splitshield.cli.common import add_grid_args, finish_grid, run_grid
 
 
 def _table(args: argparse.Namespace) -> int:
     from splitshield.experiments.grid import load_stored
-    from splitshield.experiments.report import write_report
     from splitshield.experiments.tables import table_from_stored, to_markdown, write_table_files
 
     ran = run_grid(args, "table")
@@ -20,8 +19,7 @@ def _table(args: argparse.Namespace) -> int:
     paths = write_table_files(str(grid.out), table)
     print(to_markdown(table))
     print(f"table: {paths['md']} ({paths['csv']}, {paths['tex']})")
-    print(f"report: {write_report(str(grid.out))}")
-    return 1 if any(not r.ok for r in results) else 0
+    return finish_grid(grid, results)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

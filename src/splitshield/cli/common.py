@@ -60,3 +60,11 @@ def run_grid(args: argparse.Namespace, kind: str) -> Optional[tuple[Any, list]]:
     options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries") if getattr(args, k) is not None}
     db = args.sink.path if args.sink is not None else None
     return grid, execute(tasks, grid, args.executor, db=db, **options)
+
+
+def finish_grid(grid: Any, results: list) -> int:
+    """Write the grid folder's report; exit status 1 when a run failed (it is named in the report and the table)."""
+    from splitshield.experiments.report import write_report
+
+    print(f"report: {write_report(str(grid.out))}")
+    return 1 if any(not r.ok for r in results) else 0

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from typing import Optional
 
-import numpy as np
 import torch
 
-from splitshield.deploy.export import check_images, export_onnx
+from splitshield.deploy.export import assert_faithful, check_images, export_onnx, staged_file, write_manifest
 from splitshield.deploy.manifest import Manifest, file_sha256, read_manifest, state_hash
 from splitshield.errors import UserError
 
@@ -84,9 +81,7 @@ def export_cloud(run_dir: str, *, out_dir: Optional[str] = None, check_count: in
     out_dir = out_dir or os.path.join(run_dir, "export")
     os.makedirs(out_dir, exist_ok=True)
     model_path = os.path.join(out_dir, CLOUD_FILE)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_dir)  # never a half-written model beside a stale manifest
-    os.close(fd)
-    try:
+    with staged_file(model_path) as tmp:  # never a half-written model beside a stale manifest
         try:
             export_onnx(cloud, z[:2].clone(), tmp, input_name="features", output_name="logits")
         except Exception as exc:  # exporter failures are many types; the user needs one line, not a trace
@@ -95,14 +90,8 @@ def export_cloud(run_dir: str, *, out_dir: Optional[str] = None, check_count: in
         with torch.no_grad():
             ref = cloud(z).numpy()
         got = onnx_session(tmp, threads=1).run(None, {"features": z.numpy()})[0]
-        diff = float(np.abs(got - ref).max())
-        if not np.isfinite(diff) or diff > atol:
-            raise UserError(f"exported cloud differs from PyTorch by {diff:.3g} in the logits (> atol {atol:g}) on "
-                            f"{len(z)} real features; the export is not faithful, serve with --backend torch")
-        shutil.move(tmp, model_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        diff = assert_faithful(got, ref, atol, "exported cloud", f"in the logits on {len(z)} real features; the "
+                               "export is not faithful, serve with --backend torch")
     check = {"max_abs_diff": diff, "features": int(len(z)), "atol": atol, "format": "onnx",
              "agree_top1": float((got.argmax(1) == ref.argmax(1)).mean())}
     manifest = Manifest(
@@ -110,10 +99,7 @@ def export_cloud(run_dir: str, *, out_dir: Optional[str] = None, check_count: in
         input_shape=list(run.info.input_shape), feature_shape=list(run.model.feature_shape),
         sigma=float(run.defenses.noise_std()), class_names=list(run.info.class_names), dataset=run.info.name,
         run_dir=os.path.abspath(run_dir), check=check, part="cloud")
-    mpath = cloud_manifest_path(run_dir, out_dir)
-    with open(mpath + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(manifest.to_json())
-    os.replace(mpath + ".tmp", mpath)
+    mpath = write_manifest(manifest, cloud_manifest_path(run_dir, out_dir))
     if record:
         write_result(run_dir, "export-cloud", {**check, "model": os.path.abspath(model_path)})
     log.info("exported cloud %s, max abs diff %.3g in the logits on %d features", model_path, diff, len(z))

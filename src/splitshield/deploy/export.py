@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -83,6 +83,34 @@ def plan_transforms(members: Iterable[nn.Module], z: torch.Tensor) -> TransformP
         names.append(name)
         z = out1
     return TransformPlan(graph, names, float(np.sqrt(variance)), skipped)
+
+
+@contextlib.contextmanager
+def staged_file(model_path: str) -> Iterator[str]:
+    """A temporary file beside ``model_path``, moved there when the block succeeds and removed otherwise."""
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(model_path)[1], dir=os.path.dirname(model_path) or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        shutil.move(tmp, model_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def assert_faithful(got: np.ndarray, ref: np.ndarray, atol: float, what: str, where: str) -> float:
+    """The largest absolute difference of an exported model's outputs from PyTorch's; a one-line error above atol."""
+    diff = float(np.abs(got - ref).max())
+    if not np.isfinite(diff) or diff > atol:
+        raise UserError(f"{what} differs from PyTorch by {diff:.3g} (> atol {atol:g}) {where}")
+    return diff
+
+
+def write_manifest(manifest: Manifest, path: str) -> str:
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(manifest.to_json())
+    os.replace(path + ".tmp", path)
+    return path
 
 
 class DeployedEncoder(nn.Module):
@@ -174,10 +202,7 @@ def export_run(run_dir: str, fmt: str = "onnx", out_dir: str | None = None, chec
     out_dir = out_dir or os.path.join(run_dir, "export")
     os.makedirs(out_dir, exist_ok=True)
     model_path = os.path.join(out_dir, "edge" + SUFFIX[fmt])
-    # Write into a temp file first so a failed export never leaves a half-written model beside a stale manifest.
-    fd, tmp = tempfile.mkstemp(suffix=SUFFIX[fmt], dir=out_dir)
-    os.close(fd)
-    try:
+    with staged_file(model_path) as tmp:  # a failed export never leaves a half-written model beside a manifest
         try:
             (export_onnx if fmt == "onnx" else _export_torchscript)(encoder, x[:2].clone(), tmp)
         except UserError:
@@ -188,25 +213,15 @@ def export_run(run_dir: str, fmt: str = "onnx", out_dir: str | None = None, chec
                             f"{'torchscript' if fmt == 'onnx' else 'onnx'}") from None
         with torch.no_grad():
             ref = encoder(x).numpy()
-        got = _run_export(tmp, fmt, x.numpy())
-        diff = float(np.abs(got - ref).max())
-        if not np.isfinite(diff) or diff > atol:
-            raise UserError(f"exported {fmt} encoder differs from PyTorch by {diff:.3g} (> atol {atol:g}) "
-                            f"on {len(x)} test images; the export is not faithful, do not deploy it")
-        shutil.move(tmp, model_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        diff = assert_faithful(_run_export(tmp, fmt, x.numpy()), ref, atol, f"exported {fmt} encoder",
+                               f"on {len(x)} test images; the export is not faithful, do not deploy it")
     check = {"max_abs_diff": diff, "images": int(len(x)), "atol": atol, "format": fmt}
     manifest = Manifest(
         format=fmt, model_file=os.path.basename(model_path), file_sha256=file_sha256(model_path),
         model_hash=state_hash(run.model), input_shape=list(run.info.input_shape),
         feature_shape=list(run.model.feature_shape), sigma=plan.sigma, class_names=list(run.info.class_names),
         dataset=run.info.name, run_dir=os.path.abspath(run_dir), transforms=plan.graph_names, check=check)
-    mpath = manifest_path(model_path)
-    with open(mpath + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(manifest.to_json())
-    os.replace(mpath + ".tmp", mpath)
+    mpath = write_manifest(manifest, manifest_path(model_path))
     write_result(run_dir, "export", {**check, "model": os.path.abspath(model_path), "sigma": plan.sigma,
                                      "transforms": plan.graph_names, "skipped": plan.skipped})
     log.info("exported %s (%s) max abs diff %.3g on %d images", model_path, fmt, diff, len(x))

@@ -5,7 +5,6 @@ The process group, rank queries and collectives are in splitshield/parallel.py (
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
