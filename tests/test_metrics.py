@@ -54,3 +54,20 @@ def test_perfect_reconstruction_psnr_is_capped_finite() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="same shape"):
         psnr(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 4))
+
+
+def test_the_loss_ssim_equals_torchmetrics_in_value_and_gradient() -> None:
+    from torchmetrics.functional.image import structural_similarity_index_measure as reference
+
+    from splitshield.nets.ssim import ssim
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(6, 1, 28, 28), (3, 3, 32, 32), (2, 1, 16, 20)]:
+        x = torch.rand(shape, generator=g, dtype=torch.float64)
+        y = (x + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ours, theirs = ssim(a, y), reference(b, y, data_range=1.0)
+        assert float(ours) == pytest.approx(float(theirs), abs=1e-10)
+        ours.backward()
+        theirs.backward()
+        assert torch.allclose(a.grad, b.grad, atol=1e-12)

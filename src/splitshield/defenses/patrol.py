@@ -134,6 +134,7 @@ class Patrol(Defense):
         lr: float = 1e-3
         blocks: int = 4
         channels: int = 64
+        taper: bool = False
 
         def check(self, path: str) -> None:
             if self.extra_layers < 0:
@@ -149,7 +150,8 @@ class Patrol(Defense):
             self.adversary = ResSFL(ResSFL.Config(alpha=cfg.adv_weight, measure=cfg.measure, tau=cfg.tau,
                                                   pretrain_epochs=cfg.pretrain_epochs,
                                                   pretrain_max_steps=cfg.pretrain_max_steps, lr=cfg.lr,
-                                                  blocks=cfg.blocks, channels=cfg.channels), env, seed_offset=202)
+                                                  blocks=cfg.blocks, channels=cfg.channels, taper=cfg.taper),
+                                  env, seed_offset=202)
 
     @property
     def needs_blocks(self) -> bool:  # type: ignore[override]

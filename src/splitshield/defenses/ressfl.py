@@ -41,6 +41,7 @@ class ResSFL(Defense):
         lr: float = 1e-3  # attacker Adam learning rate
         blocks: int = 4  # residual blocks of the simulated attacker
         channels: int = 64
+        taper: bool = False  # halve its channels at each upsampling stage (cheaper on a CPU; nets/decoder.py)
 
         def check(self, path: str) -> None:
             if self.alpha < 0:
@@ -53,7 +54,8 @@ class ResSFL(Defense):
         self.attacker: Optional[SimulatedAttacker] = None
         if not self.is_identity():
             self.attacker = SimulatedAttacker(env.feature_shape, env.input_shape, blocks=cfg.blocks,
-                                              channels=cfg.channels, lr=cfg.lr, seed=env.seed + seed_offset)
+                                              channels=cfg.channels, lr=cfg.lr, seed=env.seed + seed_offset,
+                                              taper=cfg.taper)
         self._seed = env.seed + seed_offset + 1
 
     @classmethod
