@@ -23,5 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="grid", default=PRESET, help=f"demo grid (default {PRESET})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grid value, e.g. --set out=runs/my-demo")
-    p.set_defaults(handler=_demo, executor="local", address=None, workers=None, threads=None, retries=None,
+    # The two runs are independent: one worker process per core (1 thread each) finishes them sooner on a small
+    # CPU than one run after the other on all cores (docs/benchmarks.md, "make demo").
+    p.set_defaults(handler=_demo, executor="process", address=None, workers=None, threads=None, retries=None,
                    dry_run=False)
