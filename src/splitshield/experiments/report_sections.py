@@ -97,7 +97,7 @@ def _runs(stored: StoredGrid) -> Section:
     for a, p in keys:
         name = f"{ATTACK_NAMES.get(a, a)} {PROTOCOL_NAMES.get(p, p)}"
         header += [f"{name} MSE", f"{name} PSNR", f"{name} SSIM", f"{name} status"]
-    header += ["I(x;z) bits/dim <=", "Edge params", "Train (s)"]
+    header += ["I(x;z) bits/dim <=", "Edge params", "Train (s)", "Attacks (s)"]
     rows = []
     for r in stored.results:
         row = [r.task.label, os.path.basename(os.path.normpath(r.run_dir))]  # type: ignore[union-attr]
@@ -109,11 +109,14 @@ def _runs(stored: StoredGrid) -> Section:
             rec = r.attack(a, p) or {}
             row += [_fmt(rec.get("mse"), ".4f"), _fmt(rec.get("psnr"), ".2f"), _fmt(rec.get("ssim"), ".3f"),
                     status(r.attack(a, p))]
+        attack_seconds = [(r.attack(a, p) or {}).get("seconds") for a, p in keys]
         rows.append(row + [_bound(r.audit), _fmt(r.efficiency.get("edge_params"), ",.0f"),
-                           _fmt(r.train.get("seconds"), ".1f")])
+                           _fmt(r.train.get("seconds"), ".1f"),
+                           _fmt(sum(attack_seconds) if None not in attack_seconds else None, ".1f")])
     return Section("Runs", ["One line per run, every attack result as stored with its status. I(x;z): the entropy "
                             "audit's upper bound on the information the transmitted features carry about the input "
-                            "(none without noise on z)."], [SimpleTable(header, rows)])
+                            "(none without noise on z). Train and attack seconds as each step measured them (the machine's load "
+                            "is not recorded)."], [SimpleTable(header, rows)])
 
 
 def _bound(audit: Optional[dict[str, Any]]) -> str:
