@@ -171,7 +171,7 @@ def _write_many(db: str, raw: dict, worker: int, start=None) -> None:  # noqa: A
 def test_a_penalty_that_collapses_training_is_warned_about(caplog) -> None:
     from splitshield.train.loop import warn_if_collapsed
 
-    # epoch 4 of the 6-epoch CEM lambda = 16 run in docs/benchmarks.md: test accuracy at chance, penalty >> loss
+    # epoch 4 of a 6-epoch run at the literal CEM lambda = 16 (an earlier release): test accuracy at chance, penalty >> loss
     collapsed = {"epoch": 4, "train_accuracy": 0.209, "test_accuracy": 0.1, "train_loss": 2.06,
                  "penalty/cem": 5606.0}
     with caplog.at_level("WARNING", logger="splitshield.train.loop"):

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="grid", default=PRESET, help=f"demo grid (default {PRESET})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grid value, e.g. --set out=runs/my-demo")
-    # The two runs are independent: one worker process per core (1 thread each) finishes them sooner on a small
-    # CPU than one run after the other on all cores (docs/benchmarks.md, "make demo").
+    # The two runs are independent: one worker process per core (1 thread each), the split the grids use by default
+    # (docs/scale.md: two threads per run were several times slower on a shared 2-core machine).
     p.set_defaults(handler=_demo, executor="process", address=None, workers=None, threads=None, retries=None,
                    dry_run=False)
