@@ -134,6 +134,21 @@ def test_noise_ldp_calibration_and_empirical_std() -> None:
     assert stack.noise_std() == pytest.approx(0.3)
 
 
+def test_laplace_noise_stays_finite_at_the_endpoint_draw_and_in_bfloat16(monkeypatch) -> None:
+    # rand returning exactly 0 (u = -1/2) made log1p(-2|u|) = -inf; in bfloat16 that draw is common enough that a
+    # bf16-autocast run of the laplace preset turned NaN within its 10 epochs
+    lap = build("laplace_noise", scale=0.1)
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros_like(real_rand(*a, **k)))
+    out = lap.transform(torch.zeros(8))
+    assert torch.isfinite(out).all() and out.abs().max().item() == pytest.approx(0.1 * 24 * math.log(2), rel=1e-4)
+    monkeypatch.setattr(torch, "rand", real_rand)
+    torch.manual_seed(0)
+    z = torch.zeros(200_000, dtype=torch.bfloat16)
+    out = lap.transform(z)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert out.float().std().item() == pytest.approx(lap.noise_std(), rel=0.03)
+
 def test_bad_hyper_parameters_raise_one_line_config_errors() -> None:
     for raw in ({"name": "gaussian_noise", "sigma": -1}, {"name": "dropout", "p": 1.0},
                 {"name": "topk", "ratio": 1.5}, {"name": "laplace_noise", "epsilon": 0},

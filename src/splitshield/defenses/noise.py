@@ -106,9 +106,13 @@ class LaplaceNoise(Defense):
         b = self.effective_scale()
         if b == 0.0:
             return z
-        # Inverse CDF of U(-1/2, 1/2): -b sign(u) log(1 - 2|u|); 1 - 2|u| > 0 since rand_like < 1.
-        u = torch.rand_like(z) - 0.5
-        return z - b * u.sign() * torch.log1p(-2 * u.abs())
+        # Inverse CDF of U(-1/2, 1/2): -b sign(u) log(1 - 2|u|), drawn in float32 whatever z's dtype. rand_like
+        # can return exactly 0 (u = -1/2, log 0 = -inf): about once per 2^24 draws in float32, every few hundred in
+        # bfloat16, so a bf16-autocast run turned NaN within epochs. 2|u| is capped at 1 - 2^-24, which truncates
+        # the tails at 16.6 b (mass e^-16.6 ~ 6e-8).
+        u = torch.rand(z.shape, dtype=torch.float32, device=z.device) - 0.5
+        noise = -b * u.sign() * torch.log1p(-(2 * u.abs()).clamp(max=1 - 2.0 ** -24))
+        return z + noise.to(z.dtype)
 
     def noise(self) -> NoiseModel:
         """Variance 2 b^2 (what CEM's Sigma_p uses) and the Laplace entropy power, lower than a Gaussian's of the
