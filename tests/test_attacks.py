@@ -237,3 +237,15 @@ def test_presets_carry_attack_budgets() -> None:
     # the quick decoder trains to a plateau of its own validation MSE: epochs is a maximum, not the budget
     assert quick["decoder"].params["patience"] is not None and quick["decoder"].params["epochs"] >= 20
     assert "knn" in quick  # the training-free floor every learned attack must beat
+
+
+def test_tapered_decoder_halves_its_width_at_each_upsampling_and_keeps_the_image_shape() -> None:
+    from splitshield.nets.decoder import ResidualDecoder
+
+    plain = ResidualDecoder((8, 7, 7), (1, 28, 28), blocks=2, channels=32)
+    tapered = ResidualDecoder((8, 7, 7), (1, 28, 28), blocks=2, channels=32, taper=True)
+    ups = [m.out_channels for m in tapered.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert ups == [16, 8] and [m.out_channels for m in plain.modules() if isinstance(m, nn.ConvTranspose2d)] == [32, 32]
+    z = torch.rand(3, 8, 7, 7)
+    assert tapered(z).shape == plain(z).shape == (3, 1, 28, 28)
+    assert sum(p.numel() for p in tapered.parameters()) < sum(p.numel() for p in plain.parameters())
