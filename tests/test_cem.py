@@ -274,11 +274,12 @@ def test_official_variant_trains_and_resume_restores_the_mixture_exactly(tiny_ra
     cfg = tiny(tiny_raw, [{"name": "cem", "variant": "official"}])
     run = train(cfg, out=str(tmp_path / "o"))
     st = state(run.run_dir)["defenses"]
-    assert st["members.0.means"].shape == (4, 5, 128) and st["members.0.cov"].shape == (4, 5)
+    # members.1: CEM's own noise is written out before it (resolve.py)
+    assert st["members.1.means"].shape == (4, 5, 128) and st["members.1.cov"].shape == (4, 5)
     from splitshield.train.build import load_run
     loaded = load_run(run.run_dir)
-    cem = loaded.defenses.members[0]
-    assert cem._ready and torch.equal(cem.means, st["members.0.means"])
+    cem = loaded.defenses.members[1]
+    assert cem._ready and torch.equal(cem.means, st["members.1.means"])
 
 
 @pytest.mark.parametrize("params,needle", [({"sigma": 0}, "sigma"), ({"lam": -1}, "lam"),
@@ -314,3 +315,39 @@ def test_interrupted_then_resumed_cem_run_equals_the_uninterrupted_one(tiny_raw,
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), key
     assert a["defenses"]["members.1.cov"].shape == (4, 3, 128, 128)
+
+
+def test_cem_own_noise_is_written_out_so_equal_stacks_are_one_run(tiny_raw: dict) -> None:
+    from splitshield.resolve import run_name
+
+    def cfg(defenses: list) -> object:
+        return load_experiment({**tiny_raw, "defenses": defenses})
+
+    implicit = cfg([{"name": "nopeek", "alpha": 0.5}, {"name": "cem", "sigma": 0.04}])
+    explicit = cfg([{"name": "gaussian_noise", "sigma": 0.04}, {"name": "nopeek", "alpha": 0.5},
+                    {"name": "cem", "sigma": 0.04}])
+    assert [s.name for s in implicit.defenses] == ["gaussian_noise", "nopeek", "cem"]  # the noise stage's place
+    assert implicit.defenses[0].params["sigma"] == 0.04
+    assert implicit.digest() == explicit.digest() and run_name(implicit) == run_name(explicit)
+    assert load_experiment(implicit.to_dict()).digest() == implicit.digest()  # idempotent (training resolves again)
+    dropout = cfg([{"name": "dropout", "p": 0.2}, {"name": "cem"}])
+    assert [s.name for s in dropout.defenses] == ["dropout", "gaussian_noise", "cem"]  # after the transform stage
+    for kept in ([{"name": "laplace_noise", "scale": 0.02}, {"name": "cem"}], [{"name": "cem", "add_noise": False}]):
+        assert [s.name for s in cfg(kept).defenses] == [s["name"] for s in kept]  # noise already there / not wanted
+
+
+def test_cem_own_noise_draws_what_the_gaussian_noise_defense_draws() -> None:
+    """What makes writing the noise out a renaming: both stacks transmit the same z for the same seed."""
+    info = Synthetic.info
+    model = build_model(load_config({"model": {"width": 0.125}}).model, info)
+    env = DefenseEnv(4, info.input_shape, model.feature_shape, 64, 2, 16, seed=0)
+    implicit = DefenseStack([CEM(CEMConfig(sigma=0.04), env)])
+    explicit = DefenseStack([DEFENSES.get("gaussian_noise")(DEFENSES.get("gaussian_noise").Config(sigma=0.04), env),
+                             CEM(CEMConfig(sigma=0.04), env)])
+    z = torch.randn(8, *model.feature_shape)
+    torch.manual_seed(3)
+    a = implicit.transform(z)
+    torch.manual_seed(3)
+    b = explicit.transform(z)
+    assert not torch.equal(a, z) and torch.equal(a, b)
+    assert implicit.noise_std() == pytest.approx(explicit.noise_std())

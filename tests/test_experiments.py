@@ -57,13 +57,18 @@ def test_table_tasks_are_rows_times_arms_times_seeds_with_stable_folders(base_ya
     # added components go in at their stage: the noise before NoPeek (an objective defense), CEM last
     dist_noise = next(t for t in tasks if t.label == "DistCorr+noise s0")
     assert [d.name for d in dist_noise.cfg.defenses] == ["gaussian_noise", "nopeek"]
-    assert [d.name for d in tasks[3].cfg.defenses] == ["cem"] and tasks[3].cfg.defenses[0].params["lam"] > 0
+    # CEM's own noise is written out (resolve.py), so Bottleneck+CEM transmits with the noise of Bottleneck+noise
+    assert [d.name for d in tasks[3].cfg.defenses] == ["gaussian_noise", "cem"]
+    assert tasks[3].cfg.defenses[1].params["lam"] > 0
     # unless: Noise_Nopeek has the noise already, so its +noise arm is the row itself (one folder, trained once)
     nn = {t.arm: t for t in tasks if t.group == "Noise_Nopeek" and t.seed == 0}
     assert nn["+noise"].run_dir == nn[""].run_dir != nn["+CEM"].run_dir
     # and DistCorr+noise is the very experiment Noise_Nopeek is: one folder for the three cells, per seed
     dc_noise = next(t for t in tasks if t.label == "DistCorr+noise s0")
     assert dc_noise.run_dir == nn[""].run_dir
+    dc_cem = next(t for t in tasks if t.label == "DistCorr+CEM s0")  # CEM's noise written out, at CEM's sigma
+    assert [(d.name, d.params.get("sigma")) for d in dc_cem.cfg.defenses] == [
+        ("gaussian_noise", 0.025), ("nopeek", None), ("cem", 0.025)]
     assert len({t.run_dir for t in tasks}) == len(tasks) - 2 * 2
     other = load_grid(write_grid(tmp_path, {"name": "other", "seeds": [0, 1], "rows": ROWS, "arms": ARMS}),
                       TableConfig)

@@ -21,6 +21,7 @@ from splitshield.config import ComponentSpec, ExperimentConfig, load_config
 from splitshield.configtools import to_dict
 from splitshield.data import DATASETS
 from splitshield.defenses import DEFENSES
+from splitshield.defenses.base import Stage
 from splitshield.errors import ConfigError
 from splitshield.models import MODELS
 from splitshield.registry import Registry
@@ -36,6 +37,24 @@ def _resolve_list(registry: Registry, specs: Sequence[ComponentSpec], path: str)
     return out
 
 
+def explicit_cem_noise(defenses: list[ComponentSpec]) -> list[ComponentSpec]:
+    """``defenses`` (resolved) with CEM's own noise written out as the ``gaussian_noise`` defense it is.
+
+    Why: on a stack without a noise defense, ``cem`` adds N(0, sigma^2) at the noise stage (``add_noise``), which is
+    exactly what ``gaussian_noise`` at that sigma does. Written out, ``[nopeek, cem]`` and ``[gaussian_noise, nopeek,
+    cem]`` are one experiment (one digest, one run folder: the quick table trained each such pair twice), and a
+    run's config.yaml names the noise its device really adds. The noise goes where the stack's stage order puts it:
+    after the architecture, transform and noise stages, before the objective members."""
+    cems = [s for s in defenses if s.name == "cem" and s.params.get("add_noise")]
+    stages = [DEFENSES.get(s.name).stage for s in defenses]
+    if not cems or any(stage == Stage.NOISE for stage in stages):
+        return defenses
+    noise_cfg = DEFENSES.config_of("gaussian_noise", {"sigma": cems[0].params["sigma"]}, "cem.sigma")
+    noise = ComponentSpec("gaussian_noise", to_dict(dataclasses.asdict(noise_cfg)))
+    at = next((i for i, stage in enumerate(stages) if stage > Stage.NOISE), len(defenses))
+    return [*defenses[:at], noise, *defenses[at:]]
+
+
 def resolve(cfg: ExperimentConfig, path: str = "config") -> ExperimentConfig:
     """``cfg`` with its dataset and model names checked and every component's parameters complete (unknown names or
     keys are one-line ConfigErrors that list the valid ones)."""
@@ -43,7 +62,8 @@ def resolve(cfg: ExperimentConfig, path: str = "config") -> ExperimentConfig:
         if name not in registry:
             raise ConfigError(f"{path}.{where}: unknown {registry.family} {name!r}; valid: "
                               f"{', '.join(registry.names())}")
-    return dataclasses.replace(cfg, defenses=_resolve_list(DEFENSES, cfg.defenses, f"{path}.defenses"),
+    defenses = explicit_cem_noise(_resolve_list(DEFENSES, cfg.defenses, f"{path}.defenses"))
+    return dataclasses.replace(cfg, defenses=defenses,
                                attacks=_resolve_list(ATTACKS, cfg.attacks, f"{path}.attacks"))
 
 

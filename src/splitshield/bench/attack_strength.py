@@ -2,7 +2,7 @@
 
 Runs, on the same victim and protocol, the decoder attack at the run's budget (its ``attacks:`` entry, the quick
 budget), the same attack with 4x the epochs (and 4x the patience, so that a plateau that is only slow cannot end
-it), that budget with 2x the channels (a wider decoder), and the kNN lookup (no training: the floor). Prints each
+it), that budget with 2x the channels (a wider decoder, never tapered), and the kNN lookup (no training: the floor). Prints each
 attack's MSE, PSNR, SSIM, epochs and wall time, and on the last line the ratio quick / best: at most 1.15 means
 more budget and capacity buy less than 15% (docs/attacks.md, "How strong is the attacker").
 Nothing is stored in the run folder (its attack results stay those of `run`/`table`).
@@ -22,7 +22,9 @@ def arms(decoder: Any, knn_k: int) -> list[tuple[str, str, dict[str, Any]]]:
               "patience": None if decoder.patience is None else 4 * decoder.patience}
     return [("quick budget", "decoder", {}),
             ("4x epochs", "decoder", longer),
-            ("4x epochs, 2x channels", "decoder", {**longer, "channels": 2 * decoder.channels}),
+            # the strongest arm drops the taper too: a tapered quick decoder is compared with the full-width one
+            ("4x epochs, 2x channels" + (", no taper" if decoder.taper else ""), "decoder",
+             {**longer, "channels": 2 * decoder.channels, "taper": False}),
             (f"kNN (k={knn_k})", "knn", {"k": knn_k, "train_size": decoder.train_size})]
 
 
@@ -48,7 +50,8 @@ def attack_strength(argv: list[str]) -> int:
     acc = victim_accuracy(run)
     print(f"victim {args.run_dir} (test accuracy {'n/a' if acc is None else f'{acc:.4f}'}), protocol "
           f"{args.protocol}; quick decoder: "
-          f"{decoder.blocks} blocks x {decoder.channels} channels ({decoder.stem} stem), up to {decoder.epochs} "
+          f"{decoder.blocks} blocks x {decoder.channels} channels ({decoder.stem} stem"
+          f"{', tapered' if decoder.taper else ''}), up to {decoder.epochs} "
           f"epochs (patience {decoder.patience}), lr {decoder.lr}, {decoder.train_size or 'all'} attacker images",
           flush=True)
     results = []
