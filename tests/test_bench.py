@@ -87,8 +87,9 @@ def test_arms_scale_the_run_budget() -> None:
     quick, longer, wider, knn = arms(DecoderConfig(epochs=40, patience=3, channels=32, train_size=15000), 10)
     assert longer[2] == {"epochs": 160, "patience": 12} and wider[2]["channels"] == 64 and wider[2]["epochs"] == 160
     assert wider[2]["taper"] is False and wider[0] == "4x epochs, 2x channels"
-    tapered = arms(DecoderConfig(epochs=40, patience=3, channels=32, taper=True), 10)[2]
-    assert tapered[0] == "4x epochs, 2x channels, no taper" and tapered[2]["taper"] is False  # the strongest arm
+    tapered = arms(DecoderConfig(epochs=40, patience=3, channels=32, taper=True), 10)
+    assert tapered[1] == ("quick budget, no taper", "decoder", {"taper": False})  # the taper's own cost
+    assert tapered[3][0] == "4x epochs, 2x channels, no taper" and tapered[3][2]["taper"] is False  # the strongest
     assert knn[1] == "knn" and knn[2] == {"k": 10, "train_size": 15000}
 
 

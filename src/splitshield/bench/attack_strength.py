@@ -1,9 +1,9 @@
 """`splitshield bench attack-strength RUN_DIR`: is the run's decoder attack as strong as its budget allows?
 
 Runs, on the same victim and protocol, the decoder attack at the run's budget (its ``attacks:`` entry, the quick
-budget), the same attack with 4x the epochs (and 4x the patience, so that a plateau that is only slow cannot end
-it), that budget with 2x the channels (a wider decoder, never tapered), and the kNN lookup (no training: the floor). Prints each
-attack's MSE, PSNR, SSIM, epochs and wall time, and on the last line the ratio quick / best: at most 1.15 means
+budget; for a tapered decoder also the same budget untapered, which shows what the taper costs), the same attack
+with 4x the epochs (and 4x the patience, so that a plateau that is only slow cannot end it), that budget with 2x the
+channels (a wider decoder, never tapered), and the kNN lookup (no training: the floor). Prints each attack's MSE, PSNR, SSIM, epochs and wall time, and on the last line the ratio quick / best: at most 1.15 means
 more budget and capacity buy less than 15% (docs/attacks.md, "How strong is the attacker").
 Nothing is stored in the run folder (its attack results stay those of `run`/`table`).
 """
@@ -20,7 +20,8 @@ def arms(decoder: Any, knn_k: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, attack, params) of the comparison, from the run's resolved decoder config."""
     longer = {"epochs": 4 * decoder.epochs,
               "patience": None if decoder.patience is None else 4 * decoder.patience}
-    return [("quick budget", "decoder", {}),
+    untapered = [("quick budget, no taper", "decoder", {"taper": False})] if decoder.taper else []
+    return [("quick budget", "decoder", {}), *untapered,  # what the taper costs in strength, and saves in time
             ("4x epochs", "decoder", longer),
             # the strongest arm drops the taper too: a tapered quick decoder is compared with the full-width one
             ("4x epochs, 2x channels" + (", no taper" if decoder.taper else ""), "decoder",
