@@ -141,7 +141,7 @@ def test_configs_that_resolve_to_one_experiment_share_one_folder_across_commands
     raw["train"] = dict(raw["train"], epochs=1)
     explicit = dict(raw, defenses=[{"name": "gaussian_noise", "sigma": 0.05}, {"name": "cem"}])
     defaulted = dict(raw, name="another-label", defenses=[{"name": "gaussian_noise", "sigma": 0.05},
-                                                          {"name": "cem", "lam": 0.25, "add_noise": True}])
+                                                          {"name": "cem", "lam": 0.1, "add_noise": True}])
     defaulted["train"] = dict(raw["train"], progress=True, device="cpu")  # UI and hardware knobs: not identity
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(explicit))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(defaulted))
