@@ -3,8 +3,9 @@
 Runs, on the same victim and protocol, the decoder attack at the run's budget (its ``attacks:`` entry, the quick
 budget; for a tapered decoder also the same budget untapered, which shows what the taper costs), the same attack
 with 4x the epochs (and 4x the patience, so that a plateau that is only slow cannot end it), that budget with 2x the
-channels (a wider decoder, never tapered), and the kNN lookup (no training: the floor). Prints each attack's MSE, PSNR, SSIM, epochs and wall time, and on the last line the ratio quick / best: at most 1.15 means
-more budget and capacity buy less than 15% (docs/attacks.md, "How strong is the attacker").
+channels (a wider decoder, never tapered), and the kNN lookup (no training: the floor). Prints each attack's MSE,
+PSNR, SSIM, epochs and wall time, and on the last line the ratio quick / best: at most 1.15 means more budget and
+capacity buy less than 15% (docs/attacks.md, "How strong is the attacker").
 Nothing is stored in the run folder (its attack results stay those of `run`/`table`).
 """
 from __future__ import annotations
