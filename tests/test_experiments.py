@@ -141,7 +141,10 @@ def test_table_means_spreads_averages_and_gains_match_a_hand_computation() -> No
     tex = to_latex(table)
     assert "No\\_defense" in tex and "$\\pm$" in tex and tex.count("\\\\") == len(table.rows) + 1
     effects = per_row_effects(results, table.columns)
-    assert effects[0][:3] == ["A", "+CEM vs row", "-1.00 pts"] and effects[0][3] == "+45.5%"
+    # the change of the seed means, then seed by seed (paired: s0 with s0, s1 with s1); B has one seed only
+    assert effects[0] == ["A", "+CEM vs row", "-1.00 pts (-1.00, -1.00)", "+45.5% (+50.0%, +41.7%)",
+                          "+23.8% (+25.0%, +22.7%)"]
+    assert effects[1] == ["B", "+CEM vs row", "+0.00 pts", "+10.0%", "+25.0%"]
 
 
 def test_a_result_that_did_not_learn_is_marked_and_left_out_of_the_averages() -> None:

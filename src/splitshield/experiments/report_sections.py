@@ -83,7 +83,8 @@ def _table(stored: StoredGrid) -> Section:
     effects = per_row_effects(stored.results, table.columns)
     if effects:
         paragraphs.append("Per row: each arm against the row and the arms before it (accuracy change in points, "
-                          "MSE change in percent, of the seed means).")
+                          "MSE change in percent, of the seed means; in brackets, seed by seed in seed order, "
+                          "each seed against the same seed of the arm it is compared with, when several count).")
         tables.append(SimpleTable(["Row", "Comparison"] + [c.title for c in table.columns
                                                            if c.key not in ("edge_params", "edge_macs")], effects))
     return Section("Table 1", paragraphs, tables)
@@ -115,8 +116,8 @@ def _runs(stored: StoredGrid) -> Section:
                            _fmt(sum(attack_seconds) if None not in attack_seconds else None, ".1f")])
     return Section("Runs", ["One line per run, every attack result as stored with its status. I(x;z): the entropy "
                             "audit's upper bound on the information the transmitted features carry about the input "
-                            "(none without noise on z). Train and attack seconds as each step measured them (the machine's load "
-                            "is not recorded)."], [SimpleTable(header, rows)])
+                            "(none without noise on z). Train and attack seconds as each step measured them (the "
+                            "machine's load is not recorded)."], [SimpleTable(header, rows)])
 
 
 def _bound(audit: Optional[dict[str, Any]]) -> str:

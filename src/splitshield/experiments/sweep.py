@@ -230,8 +230,8 @@ def efficiency_section(results: Sequence[RunResult]) -> Section:
                      _ms(eff.get("edge_ms")), _ms(eff.get("cloud_ms"))])
     return Section("Efficiency (paper Table 9)", [
         "Per image: parameters, MACs counted by torch.utils.flop_counter, and the median latency of one image "
-        "through the edge and the cloud, timed when the run finished (on a busy machine these are upper bounds). CEM is a training loss: it adds nothing at "
-        "inference, so runs with and without it share a row."],
+        "through the edge and the cloud, timed when the run finished (on a busy machine these are upper bounds). "
+        "CEM is a training loss: it adds nothing at inference, so runs with and without it share a row."],
         tables=[SimpleTable(["model", "defenses", "edge params", "edge MMACs", "cloud params", "cloud MMACs",
                              "edge share", "edge ms", "cloud ms"], rows)])
 

@@ -156,10 +156,31 @@ def _gain(label: str, without: Row, with_: Row, columns: list[Column]) -> Row:
     return Row(label, values, kind="gain")
 
 
+def _change(col: Column, without: float, with_: float) -> float:
+    return with_ - without if col.key == "accuracy" else 100.0 * (with_ / without - 1.0)
+
+
+def _per_seed(col: Column, without: list[RunResult], with_: list[RunResult]) -> str:
+    """The change seed by seed (same seed in both arms: a paired comparison), in seed order, when two or more
+    seeds count in both: whether a mean change is a consistent one or one seed's."""
+    def by_seed(members: list[RunResult]) -> dict[int, float]:
+        got = {m.task.seed: _value(m, col)[0] for m in members}  # type: ignore[union-attr]
+        return {s: v for s, v in got.items() if v is not None}
+
+    a, b = by_seed(without), by_seed(with_)
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2 or (col.key != "accuracy" and not all(a[s] for s in seeds)):
+        return ""
+    unit = "" if col.key == "accuracy" else "%"
+    return " (" + ", ".join(format(_change(col, a[s], b[s]), "+.2f" if not unit else "+.1f") + unit
+                            for s in seeds) + ")"
+
+
 def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list[list[str]]:
     """For each row and each arm beyond the first: the accuracy change (points) and the MSE change (%) of every
-    attack column against the row and against every arm before it, from the seed means: what a reader checks row
-    by row ("does +CEM beat both the row and +noise at the same accuracy?")."""
+    attack column against the row and against every arm before it, from the seed means, then seed by seed in
+    brackets when there are several: what a reader checks row by row ("does +CEM beat both the row and +noise at
+    the same accuracy, at every seed?")."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.task.group, r.task.arm), []).append(r)  # type: ignore[union-attr]
@@ -178,10 +199,10 @@ def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list
                     x, y = rows[b].values[c], rows[a].values[c]
                     if not x or not y:
                         cells.append("n/a")
-                    elif col.key == "accuracy":
-                        cells.append(f"{statistics.fmean(y) - statistics.fmean(x):+.2f} pts")
-                    else:
-                        cells.append(f"{100.0 * (statistics.fmean(y) / statistics.fmean(x) - 1.0):+.1f}%")
+                        continue
+                    change = _change(col, statistics.fmean(x), statistics.fmean(y))
+                    text = f"{change:+.2f} pts" if col.key == "accuracy" else f"{change:+.1f}%"
+                    cells.append(text + _per_seed(col, groups[(group, b)], groups[(group, a)]))
                 lines.append([group, f"{a} vs {b or 'row'}"] + cells)
     return lines
 
