@@ -112,3 +112,16 @@ def test_duplicate_keys_are_errors_not_silently_overwritten(tmp_path) -> None:
     path.write_text("defenses:\n  - {name: gaussian_noise, sigma: 0.1}\ntrain: {epochs: 1}\ndefenses: []\n")
     with pytest.raises(ConfigError, match="duplicate key 'defenses' at line 4"):
         load_config(str(path))
+
+
+def test_the_cem_sweep_is_the_cut_and_size_sections_of_the_full_sweep() -> None:
+    # its comment promises the same run folders: running either grid fills the other
+    from splitshield.experiments.spec import SweepConfig, load_grid, sweep_tasks
+
+    def points(name: str) -> dict[str, str]:
+        tasks = sweep_tasks(load_grid(os.path.join(ROOT, "configs", name), SweepConfig))
+        return {t.label: os.path.basename(t.run_dir) for t in tasks}
+
+    cem, full = points("quick-fmnist-cem-sweep.yaml"), points("quick-fmnist-sweep.yaml")
+    assert len(cem) == 12 and {label.split(" ")[0] for label in cem} == {"cut", "training"}
+    assert all(full[label] == folder for label, folder in cem.items())
