@@ -158,6 +158,10 @@ def test_a_result_that_did_not_learn_is_marked_and_left_out_of_the_averages() ->
     assert table.cell(b_cem, 1) == "0.0330 (1 of 2 seeds)"  # the seed that did not learn is not in the mean
     avg_with = table.rows[5]
     assert avg_with.label == "Average +CEM" and table.cell(avg_with, 1) == "incomplete"  # never averages A's 0.2
+    # per row, a comparison uses the seeds that count in both arms (paired): B's seed 1 did not learn in +CEM
+    effects = per_row_effects(results + [result("B", "", 1, 0.72, 0.050, 0.060)], table.columns)
+    assert effects[0] == ["A", "+CEM vs row", "+0.00 pts [1 of 2 seeds]", "n/a"]  # A+CEM learned at no seed
+    assert effects[1] == ["B", "+CEM vs row", "-1.00 pts (+0.00, -2.00)", "+10.0% [1 of 2 seeds]"]
 
 
 def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:

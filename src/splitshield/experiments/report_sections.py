@@ -83,8 +83,9 @@ def _table(stored: StoredGrid) -> Section:
     effects = per_row_effects(stored.results, table.columns)
     if effects:
         paragraphs.append("Per row: each arm against the row and the arms before it (accuracy change in points, "
-                          "MSE change in percent, of the seed means; in brackets, seed by seed in seed order, "
-                          "each seed against the same seed of the arm it is compared with, when several count).")
+                          "MSE change in percent, of the means over the seeds that count in both arms; in "
+                          "brackets, seed by seed in seed order, when several count; [k of n seeds] when a seed "
+                          "did not count or has not run in one of the two).")
         tables.append(SimpleTable(["Row", "Comparison"] + [c.title for c in table.columns
                                                            if c.key not in ("edge_params", "edge_macs")], effects))
     return Section("Table 1", paragraphs, tables)

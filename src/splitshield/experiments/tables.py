@@ -160,49 +160,45 @@ def _change(col: Column, without: float, with_: float) -> float:
     return with_ - without if col.key == "accuracy" else 100.0 * (with_ / without - 1.0)
 
 
-def _per_seed(col: Column, without: list[RunResult], with_: list[RunResult]) -> str:
-    """The change seed by seed (same seed in both arms: a paired comparison), in seed order, when two or more
-    seeds count in both: whether a mean change is a consistent one or one seed's."""
+def _paired(col: Column, without: list[RunResult], with_: list[RunResult]) -> str:
+    """The change between two arms of a row over the seeds that count in both (a paired comparison: a seed that
+    did not learn, or has not run yet, in one arm leaves both), from the means over those seeds; then seed by seed
+    in seed order when there are two or more: whether a mean change is a consistent one or one seed's."""
     def by_seed(members: list[RunResult]) -> dict[int, float]:
         got = {m.task.seed: _value(m, col)[0] for m in members}  # type: ignore[union-attr]
         return {s: v for s, v in got.items() if v is not None}
 
     a, b = by_seed(without), by_seed(with_)
     seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2 or (col.key != "accuracy" and not all(a[s] for s in seeds)):
-        return ""
-    unit = "" if col.key == "accuracy" else "%"
-    return " (" + ", ".join(format(_change(col, a[s], b[s]), "+.2f" if not unit else "+.1f") + unit
-                            for s in seeds) + ")"
+    if not seeds or (col.key != "accuracy" and not all(a[s] for s in seeds)):
+        return "n/a"
+    accuracy = col.key == "accuracy"
+    fmt, unit = ("+.2f", "") if accuracy else ("+.1f", "%")
+    mean = _change(col, statistics.fmean(a[s] for s in seeds), statistics.fmean(b[s] for s in seeds))
+    text = format(mean, fmt) + (" pts" if accuracy else "%")
+    if len(seeds) > 1:
+        text += " (" + ", ".join(format(_change(col, a[s], b[s]), fmt) + unit for s in seeds) + ")"
+    runs = max(len({m.task.seed for m in without}), len({m.task.seed for m in with_}))  # type: ignore[union-attr]
+    return text + (f" [{len(seeds)} of {runs} seeds]" if len(seeds) < runs else "")
 
 
 def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list[list[str]]:
     """For each row and each arm beyond the first: the accuracy change (points) and the MSE change (%) of every
-    attack column against the row and against every arm before it, from the seed means, then seed by seed in
-    brackets when there are several: what a reader checks row by row ("does +CEM beat both the row and +noise at
-    the same accuracy, at every seed?")."""
+    attack column against the row and against every arm before it, over the seeds that count in both
+    (``_paired``), then seed by seed in brackets when there are several: what a reader checks row by row ("does
+    +CEM beat both the row and +noise at the same accuracy, at every seed?")."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.task.group, r.task.arm), []).append(r)  # type: ignore[union-attr]
     arms = list(dict.fromkeys(arm for _, arm in groups))
     lines = []
     for group in dict.fromkeys(g for g, _ in groups):
-        rows = {a: _row(group + a, groups[(group, a)], columns) for a in arms if (group, a) in groups}
         for i, a in enumerate(arms[1:], start=1):
             for b in arms[:i]:
-                if a not in rows or b not in rows:
+                if (group, a) not in groups or (group, b) not in groups:
                     continue
-                cells = []
-                for c, col in enumerate(columns):
-                    if col.key in ("edge_params", "edge_macs"):
-                        continue
-                    x, y = rows[b].values[c], rows[a].values[c]
-                    if not x or not y:
-                        cells.append("n/a")
-                        continue
-                    change = _change(col, statistics.fmean(x), statistics.fmean(y))
-                    text = f"{change:+.2f} pts" if col.key == "accuracy" else f"{change:+.1f}%"
-                    cells.append(text + _per_seed(col, groups[(group, b)], groups[(group, a)]))
+                cells = [_paired(col, groups[(group, b)], groups[(group, a)]) for col in columns
+                         if col.key not in ("edge_params", "edge_macs")]
                 lines.append([group, f"{a} vs {b or 'row'}"] + cells)
     return lines
 
