@@ -149,10 +149,8 @@ def _gain(label: str, without: Row, with_: Row, columns: list[Column]) -> Row:
         a, b = without.values[i], with_.values[i]
         if not a or not b or col.key in ("edge_params", "edge_macs"):
             values.append([])
-        elif col.key == "accuracy":
-            values.append([b[0] - a[0]])
         else:
-            values.append([100.0 * (b[0] / a[0] - 1.0)] if a[0] else [])
+            values.append([_change(col, a[0], b[0])] if col.key == "accuracy" or a[0] else [])
     return Row(label, values, kind="gain")
 
 
