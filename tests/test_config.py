@@ -125,3 +125,17 @@ def test_the_cem_sweep_is_the_cut_and_size_sections_of_the_full_sweep() -> None:
     cem, full = points("quick-fmnist-cem-sweep.yaml"), points("quick-fmnist-sweep.yaml")
     assert len(cem) == 12 and {label.split(" ")[0] for label in cem} == {"cut", "training"}
     assert all(full[label] == folder for label, folder in cem.items())
+
+
+def test_the_5k_grid_reuses_the_sweeps_5k_runs_and_varies_only_lambda() -> None:
+    # its comment promises the other sweep's 5k runs at seed 0, and arms that differ from +CEM in lambda alone
+    from splitshield.experiments.spec import SweepConfig, load_grid, sweep_tasks
+
+    def tasks(name: str):  # noqa: ANN202
+        return sweep_tasks(load_grid(os.path.join(ROOT, "configs", name), SweepConfig))
+
+    five = {t.label: t for t in tasks("quick-fmnist-cem-5k.yaml")}
+    full = {t.label: os.path.basename(t.run_dir) for t in tasks("quick-fmnist-sweep.yaml")}
+    for label in ("training images 5000 s0", "training images 5000+CEM s0"):
+        assert os.path.basename(five[label].run_dir) == full[label]
+    assert len({t.run_dir for t in five.values()}) == 12  # noise, lambda 0.1 (+CEM), 0.2, 0.3 x 3 seeds

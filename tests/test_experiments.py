@@ -164,6 +164,27 @@ def test_a_result_that_did_not_learn_is_marked_and_left_out_of_the_averages() ->
     assert effects[1] == ["B", "+CEM vs row", "-1.00 pts (+0.00, -2.00)", "+10.0% [1 of 2 seeds]"]
 
 
+def test_sweep_point_changes_are_paired_over_seeds_and_shown_seed_by_seed() -> None:
+    from dataclasses import replace
+
+    from splitshield.experiments.sweep import point_effects
+
+    def at(r: RunResult, value: int) -> RunResult:
+        r.task = replace(r.task, value=value)
+        return r
+
+    results = [at(result("size", "", 0, 0.85, 0.010, 0.02), 5000), at(result("size", "", 1, 0.86, 0.012, 0.02), 5000),
+               at(result("size", "+CEM", 0, 0.84, 0.0115, 0.02), 5000),
+               at(result("size", "+CEM", 1, 0.86, 0.0126, 0.02), 5000),
+               at(result("size", "", 0, 0.90, 0.008, 0.02), 60000),
+               at(result("size", "+CEM", 0, 0.90, 0.2, 0.2, counts=False), 60000)]
+    grid = {"sweeps": [{"label": "size", "values": [5000, 60000]}], "arms": [{"label": ""}, {"label": "+CEM"}]}
+    rows = point_effects(results, grid, "decoder", "train").rows
+    # means 0.011 -> 0.01205 (+9.5%); s0 +15.0%, s1 +5.0%; accuracy 85.5 -> 85.0
+    assert rows[0][-1] == "-0.50 pts (-1.00, +0.00), MSE +9.5% (+15.0%, +5.0%)"
+    assert rows[1][-1] == "n/a"  # the +CEM attack did not learn: no change is quoted
+
+
 def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:
     task = Task("A", "+CEM", 0, None, None, "/x")  # type: ignore[arg-type]
     failed = RunResult("/x", error="RuntimeError: boom", task=task)

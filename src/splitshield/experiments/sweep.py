@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from splitshield.experiments.grid import StoredGrid
 from splitshield.experiments.results import RunResult, status
 from splitshield.experiments.sections import Section, SimpleTable
+from splitshield.experiments.tables import Column, paired_change
 
 
 def _pyplot() -> Any:
@@ -113,18 +114,21 @@ def _mean(values: list[float]) -> float | None:
 
 def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protocol: str) -> SimpleTable:
     """Per sweep point: accuracy and attack MSE in each arm (means over the seeds that count) and each later arm's
-    change against the first: the table behind "at every cut / training size, +CEM keeps accuracy and raises the
-    MSE"."""
+    change against the first, paired over the seeds that count in both and seed by seed when there are several (as
+    the table's per-row comparisons, ``paired_change``): the table behind "at every cut / training size, +CEM keeps
+    accuracy and raises the MSE"."""
     arms = _arms(grid)
+    accuracy, attack_col = Column("accuracy", "", ".2f"), Column(f"attack:{attack}:{protocol}", "", ".4f")
     header = ["sweep", "value"] + [f"{h} {a or 'as given'}" for a in arms for h in ("acc.", "MSE")]
     header += [f"{a} vs {arms[0] or 'as given'}" for a in arms[1:]]
     rows = []
     for sweep in grid["sweeps"]:
         for value in sweep["values"]:
-            cells, accs, mses = [sweep["label"], str(value)], [], []
+            cells, accs, mses, groups = [sweep["label"], str(value)], [], [], []
             for arm in arms:
                 members = [r for r in results if r.task.group == sweep["label"] and r.task.arm == arm and
                            r.task.value == value and r.ok]
+                groups.append(members)
                 acc = _mean([float(r.accuracy) for r in members])  # type: ignore[arg-type]
                 got = [r.mse(attack, protocol) for r in members]
                 mse = _mean([m for m in got if m is not None])
@@ -133,11 +137,9 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
                 mses.append(mse)
                 cells += ["n/a" if acc is None else f"{acc:.2f}",
                           f"{mse:.4f}" if mse is not None else (" / ".join(why) or "n/a")]
-            for acc, mse in zip(accs[1:], mses[1:]):
-                if None in (acc, mse, accs[0], mses[0]):
-                    cells.append("n/a")
-                else:
-                    cells.append(f"{acc - accs[0]:+.2f} pts, MSE {100 * (mse / mses[0] - 1):+.1f}%")  # type: ignore
+            for members in groups[1:]:
+                acc, mse = (paired_change(col, groups[0], members) for col in (accuracy, attack_col))
+                cells.append("n/a" if "n/a" in (acc, mse) else f"{acc}, MSE {mse}")
             rows.append(cells)
     return SimpleTable(header, rows)
 
@@ -161,7 +163,9 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     for attack in grid["attacks"]:
         table = point_effects(results, grid, attack, protocol)
         sections[0].paragraphs.append(f"Per point, {attack} attack ({protocol} protocol): accuracy (%) and MSE in "
-                                      "each arm, and each arm's change against the first.")
+                                      "each arm (means over the seeds that count), and each arm's change against "
+                                      "the first over the seeds that count in both; in brackets, seed by seed in seed "
+                                      "order, when several do.")
         sections[0].tables.append(table)
     rows = []
     for r in results:

@@ -158,7 +158,7 @@ def _change(col: Column, without: float, with_: float) -> float:
     return with_ - without if col.key == "accuracy" else 100.0 * (with_ / without - 1.0)
 
 
-def _paired(col: Column, without: list[RunResult], with_: list[RunResult]) -> str:
+def paired_change(col: Column, without: list[RunResult], with_: list[RunResult]) -> str:
     """The change between two arms of a row over the seeds that count in both (a paired comparison: a seed that
     did not learn, or has not run yet, in one arm leaves both), from the means over those seeds; then seed by seed
     in seed order when there are two or more: whether a mean change is a consistent one or one seed's."""
@@ -183,7 +183,7 @@ def _paired(col: Column, without: list[RunResult], with_: list[RunResult]) -> st
 def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list[list[str]]:
     """For each row and each arm beyond the first: the accuracy change (points) and the MSE change (%) of every
     attack column against the row and against every arm before it, over the seeds that count in both
-    (``_paired``), then seed by seed in brackets when there are several: what a reader checks row by row ("does
+    (``paired_change``), then seed by seed in brackets when there are several: what a reader checks row by row ("does
     +CEM beat both the row and +noise at the same accuracy, at every seed?")."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
@@ -195,7 +195,7 @@ def per_row_effects(results: Sequence[RunResult], columns: list[Column]) -> list
             for b in arms[:i]:
                 if (group, a) not in groups or (group, b) not in groups:
                     continue
-                cells = [_paired(col, groups[(group, b)], groups[(group, a)]) for col in columns
+                cells = [paired_change(col, groups[(group, b)], groups[(group, a)]) for col in columns
                          if col.key not in ("edge_params", "edge_macs")]
                 lines.append([group, f"{a} vs {b or 'row'}"] + cells)
     return lines
