@@ -284,7 +284,8 @@ def test_official_variant_trains_and_resume_restores_the_mixture_exactly(tiny_ra
 
 @pytest.mark.parametrize("params,needle", [({"sigma": 0}, "sigma"), ({"lam": -1}, "lam"),
                                            ({"variant": "official", "covariance": "full"}, "covariance"),
-                                           ({"covariance": "spherical"}, "valid")])
+                                           ({"covariance": "spherical"}, "valid"), ({"min_steps": -1}, "min_steps"),
+                                           ({"max_boost": 0.5}, "max_boost")])
 def test_bad_cem_settings_are_one_line_config_errors(tiny_raw, params, needle) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         load_experiment(dict(tiny_raw, defenses=[{"name": "cem", **params}]))
@@ -351,3 +352,18 @@ def test_cem_own_noise_draws_what_the_gaussian_noise_defense_draws() -> None:
     b = explicit.transform(z)
     assert not torch.equal(a, z) and torch.equal(a, b)
     assert implicit.noise_std() == pytest.approx(explicit.noise_std())
+
+
+def test_short_runs_scale_lambda_by_the_missing_steps_and_long_runs_keep_it_exactly() -> None:
+    # 10 epochs of batch 128: 5k images have 9 x 40 = 360 steps with the term on (lam x 1000/360), 15k images
+    # 9 x 118 = 1,062 (lam as given, bit for bit: the quick table's runs); 2 epochs of 5k hit the 3x cap
+    def cem(train_size: int, epochs: int = 10, **params) -> CEM:
+        env = DefenseEnv(10, (1, 28, 28), (8, 7, 7), train_size, epochs, 128, seed=0)
+        return CEM(CEMConfig(**params), env)
+
+    assert cem(5000).length_factor() == pytest.approx(1000 / 360)
+    assert cem(15000).length_factor() == 1.0 and cem(5000, min_steps=0).length_factor() == 1.0
+    assert cem(5000, epochs=2).length_factor() == 3.0 and cem(5000, epochs=2, max_boost=5).length_factor() == 5.0
+    long, off = cem(15000), cem(15000, min_steps=0)
+    assert long.weight(128, 392) == off.weight(128, 392)
+    assert cem(5000).weight(128, 392) == pytest.approx(cem(5000, min_steps=0).weight(128, 392) * 1000 / 360)

@@ -128,7 +128,7 @@ def test_the_cem_sweep_is_the_cut_and_size_sections_of_the_full_sweep() -> None:
 
 
 def test_the_5k_grid_reuses_the_sweeps_5k_runs_and_varies_only_lambda() -> None:
-    # its comment promises the other sweep's 5k runs at seed 0, and arms that differ from +CEM in lambda alone
+    # its comment promises the other sweep's 5k runs at seed 0, and lambda arms not scaled by the training length
     from splitshield.experiments.spec import SweepConfig, load_grid, sweep_tasks
 
     def tasks(name: str):  # noqa: ANN202
@@ -138,4 +138,6 @@ def test_the_5k_grid_reuses_the_sweeps_5k_runs_and_varies_only_lambda() -> None:
     full = {t.label: os.path.basename(t.run_dir) for t in tasks("quick-fmnist-sweep.yaml")}
     for label in ("training images 5000 s0", "training images 5000+CEM s0"):
         assert os.path.basename(five[label].run_dir) == full[label]
-    assert len({t.run_dir for t in five.values()}) == 12  # noise, lambda 0.1 (+CEM), 0.2, 0.3 x 3 seeds
+    assert len({t.run_dir for t in five.values()}) == 15  # noise, +CEM, lambda 0.1, 0.2, 0.3 as given x 3 seeds
+    as_given = [t.cfg.defenses[-1].params for label, t in five.items() if "as given" in label]
+    assert {p["min_steps"] for p in as_given} == {0} and {p["lam"] for p in as_given} == {0.1, 0.2, 0.3}

@@ -25,6 +25,10 @@ cross-entropy, the same at any data or feature size. ``input_dim`` divides by th
 (lam L_C / d is -lam/2 log of Theorem 1's bound, up to a constant); ``literal`` is Eq. 8 as written (the paper's
 lambda = 16). The run's metrics log the literal lambda each step amounts to (``cem/lambda_literal``).
 
+Training length (``min_steps``, ``max_boost``): the gain follows lam x the steps with the term on, so a run with
+fewer than ``min_steps`` of them (1,000: 10 epochs on 5k images have 360) scales lam by min(max_boost, min_steps /
+steps); longer runs, the quick table's included, use lam as given (docs/cem.md).
+
 Against collapse (both change the path, not the objective): ``warmup_epochs`` ramps lambda linearly from 0 once the
 term starts; ``separation`` scales it down when the closest components of different classes come within
 ``separation`` x Tr(Sigma_p) = D sigma^2 of each other (squared distance), the paper's Sec. 3.4 condition for noise
@@ -63,6 +67,11 @@ class CEMConfig:
     lam: float = 0.1  # strength; with scale feature_dim the per-sample, per-dimension weight (docs/cem.md)
     scale: Literal["feature_dim", "input_dim", "literal"] = "feature_dim"  # literal: Eq. 8 as written
     warmup_epochs: float = 1.0  # linear ramp of lam over this many epochs once the term starts (0: none)
+    # A run with fewer than min_steps steps with the term on (epochs after the first x steps per epoch) gets lam x
+    # min(max_boost, min_steps / those steps): the gain follows lam x steps (docs/cem.md, "Across cut layers and
+    # training-set sizes"); from min_steps on (the quick table's 10 epochs on 15k images: 1,062) lam is as given.
+    min_steps: int = 1000  # 0: off (lam as given at any length)
+    max_boost: float = 3.0  # the largest multiple measured (5k images, 10 epochs: 3 x lam, 3 seeds)
     # > 1: full lam while inter-class means are >= this x D sigma^2 apart; 0 (default): off. At 4 it held CEM at
     # 0-10% of lam for most of training on 4 of the quick table's 7 rows (docs/cem.md, "Against collapse").
     separation: float = 0.0
@@ -81,6 +90,9 @@ class CEMConfig:
             raise ConfigError(f"{path}.lam: must be >= 0, got {self.lam}")
         if self.sigma <= 0:
             raise ConfigError(f"{path}.sigma: must be > 0 (Sigma_p = sigma^2 I), got {self.sigma}")
+        if self.min_steps < 0 or self.max_boost < 1:
+            raise ConfigError(f"{path}: min_steps must be >= 0 and max_boost >= 1, got {self.min_steps} and "
+                              f"{self.max_boost}")
         if self.warmup_epochs < 0 or self.separation < 0:
             raise ConfigError(f"{path}: warmup_epochs and separation must be >= 0")
         if 0 < self.separation <= 1:
@@ -205,7 +217,14 @@ class CEM(Defense):
         steps_per_epoch = -(-self.env.epoch_size // self.env.batch_size)
         ramp = 1.0 if cfg.warmup_epochs == 0 else min(1.0, (self._active + 1) / (cfg.warmup_epochs *
                                                                                  steps_per_epoch))
-        return cfg.lam * unit * ramp * self._guard
+        return cfg.lam * unit * ramp * self._guard * self.length_factor()
+
+    def length_factor(self) -> float:
+        """``min_steps``: 1 from min_steps steps with the term on, else min(max_boost, min_steps / steps)."""
+        steps_on = (self.env.epochs - 1) * -(-self.env.epoch_size // self.env.batch_size)  # no fit before epoch 2
+        if self.cfg.min_steps == 0 or steps_on >= self.cfg.min_steps:
+            return 1.0
+        return min(self.cfg.max_boost, self.cfg.min_steps / max(steps_on, 1))
 
     def penalty(self, ctx: StepContext) -> Optional[torch.Tensor]:
         if self.cfg.lam == 0 or not self._ready:
