@@ -183,6 +183,9 @@ def test_sweep_point_changes_are_paired_over_seeds_and_shown_seed_by_seed() -> N
     # means 0.011 -> 0.01205 (+9.5%); s0 +15.0%, s1 +5.0%; accuracy 85.5 -> 85.0
     assert rows[0][-1] == "-0.50 pts (-1.00, +0.00), MSE +9.5% (+15.0%, +5.0%)"
     assert rows[1][-1] == "n/a"  # the +CEM attack did not learn: no change is quoted
+    none_point = [at(result("size", "", 0, 0.9, 0.01, 0.02), None)]
+    grid["sweeps"][0]["values"] = [None]
+    assert point_effects(none_point, grid, "decoder", "train").rows[0][1] == "null"  # as the grid spells it
 
 
 def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:

@@ -56,7 +56,7 @@ def tradeoff_figure(results: Sequence[RunResult], group: str, key: str, attack: 
             continue
         ax.plot([p[2] for p in pts], [p[1] for p in pts], style, label=arm or "as given")
         for value, acc, mse in pts:
-            ax.annotate(str(value), (mse, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(shown(value), (mse, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(f"{attack}-attack MSE ({protocol} protocol)  \u2192 more private")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{group} ({key})", fontsize=9)
@@ -104,6 +104,15 @@ def _evenly(items: list[RunResult], k: int) -> list[RunResult]:
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
 
 
+def shown(value: Any) -> str:
+    """A swept value as the grid file spells it (YAML: null, true, false), not as Python prints it (None, True)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _arms(grid: dict) -> list[str]:
     return [a["label"] for a in grid.get("arms", [{"label": ""}])]
 
@@ -124,7 +133,7 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
     rows = []
     for sweep in grid["sweeps"]:
         for value in sweep["values"]:
-            cells, accs, mses, groups = [sweep["label"], str(value)], [], [], []
+            cells, accs, mses, groups = [sweep["label"], shown(value)], [], [], []
             for arm in arms:
                 members = [r for r in results if r.task.group == sweep["label"] and r.task.arm == arm and
                            r.task.value == value and r.ok]
@@ -159,7 +168,7 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         for attack in grid["attacks"]:
             out = os.path.join(figures_dir, f"tradeoff-{i}-{attack}.png")
             tradeoff_figure(results, sweep["label"], sweep["key"], attack, protocol, arms, out)
-            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in {sweep['values']} ({attack})", out))
+            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in [{', '.join(map(shown, sweep['values']))}] ({attack})", out))
     for attack in grid["attacks"]:
         table = point_effects(results, grid, attack, protocol)
         sections[0].paragraphs.append(f"Per point, {attack} attack ({protocol} protocol): accuracy (%) and MSE in "
@@ -170,7 +179,7 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     rows = []
     for r in results:
         audit = r.audit if r.ok and r.audit and not r.audit.get("degenerate") else None
-        rows.append([r.task.group, str(r.task.value), r.task.arm or "-", _pct(r)]
+        rows.append([r.task.group, shown(r.task.value), r.task.arm or "-", _pct(r)]
                     + [f"{r.mse(a, protocol):.4f}" if r.mse(a, protocol) is not None else
                        status(r.attack(a, protocol)) for a in grid["attacks"]]
                     + [f"{audit['mi_bound_bits_per_dim']:.4f}" if audit and "mi_bound" in audit else "n/a",
@@ -209,7 +218,7 @@ def _reconstructions(grid: dict, results: Sequence[RunResult], protocol: str, ar
             continue
         out = os.path.join(figures_dir, f"reconstructions-{k}.png")
         draw([r.task.run_dir for r in runs], [attack], protocol, out,
-             labels=[f"{r.task.value}{arm}" for r in runs])
+             labels=[f"{shown(r.task.value)}{arm}" for r in runs])
         section.images.append((f"{attack} attack ({protocol}), {first} {arm or 'as given'}", out))
     if not section.images:
         section.paragraphs.append("No finished run with stored reconstructions yet.")
