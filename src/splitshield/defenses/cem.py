@@ -131,6 +131,7 @@ class CEM(Defense):
         self._ready = False  # host mirror of fits > 0: no device sync per batch
         self._guard = 1.0  # host mirror of guard
         self._active = 0  # host mirror of steps_active
+        self._length = self.length_factor()  # fixed by the run's length (env is frozen): once, not per step
         self._feats: Optional[torch.Tensor] = None  # (N, D) capture buffer; not checkpointed (refilled each epoch)
         self._labels: Optional[torch.Tensor] = None
         self._cursor = 0
@@ -217,7 +218,7 @@ class CEM(Defense):
         steps_per_epoch = -(-self.env.epoch_size // self.env.batch_size)
         ramp = 1.0 if cfg.warmup_epochs == 0 else min(1.0, (self._active + 1) / (cfg.warmup_epochs *
                                                                                  steps_per_epoch))
-        return cfg.lam * unit * ramp * self._guard * self.length_factor()
+        return cfg.lam * unit * ramp * self._guard * self._length
 
     def length_factor(self) -> float:
         """``min_steps``: 1 from min_steps steps with the term on, else min(max_boost, min_steps / steps)."""

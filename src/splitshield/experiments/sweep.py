@@ -133,7 +133,7 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
     rows = []
     for sweep in grid["sweeps"]:
         for value in sweep["values"]:
-            cells, accs, mses, groups = [sweep["label"], shown(value)], [], [], []
+            cells, groups = [sweep["label"], shown(value)], []
             for arm in arms:
                 members = [r for r in results if r.task.group == sweep["label"] and r.task.arm == arm and
                            r.task.value == value and r.ok]
@@ -142,8 +142,6 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
                 got = [r.mse(attack, protocol) for r in members]
                 mse = _mean([m for m in got if m is not None])
                 why = sorted({status(r.attack(attack, protocol)) for r, m in zip(members, got) if m is None})
-                accs.append(acc)
-                mses.append(mse)
                 cells += ["n/a" if acc is None else f"{acc:.2f}",
                           f"{mse:.4f}" if mse is not None else (" / ".join(why) or "n/a")]
             for members in groups[1:]:
@@ -168,7 +166,8 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         for attack in grid["attacks"]:
             out = os.path.join(figures_dir, f"tradeoff-{i}-{attack}.png")
             tradeoff_figure(results, sweep["label"], sweep["key"], attack, protocol, arms, out)
-            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in [{', '.join(map(shown, sweep['values']))}] ({attack})", out))
+            values = ", ".join(map(shown, sweep["values"]))
+            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in [{values}] ({attack})", out))
     for attack in grid["attacks"]:
         table = point_effects(results, grid, attack, protocol)
         sections[0].paragraphs.append(f"Per point, {attack} attack ({protocol} protocol): accuracy (%) and MSE in "
