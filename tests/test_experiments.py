@@ -109,6 +109,12 @@ def test_sweep_points_that_are_the_same_experiment_share_a_folder_and_run_once(b
     assert len([d for d in os.listdir(grid.runs) if not d.endswith(".lock")]) == 4
 
 
+def test_sweep_labels_spell_a_null_point_as_the_grid_does(base_yaml, tmp_path) -> None:
+    grid = load_grid(write_grid(tmp_path, {"name": "s", "protocols": ["train"], "audit": False, "sweeps": [
+        {"label": "training images", "key": "data.train_size", "values": [None, 64]}]}), SweepConfig)
+    assert [t.label for t in sweep_tasks(grid)] == ["training images null s0", "training images 64 s0"]
+
+
 def result(group: str, arm: str, seed: int, acc: float, mse_train: float, mse_infer: float,
            counts: bool = True) -> RunResult:
     task = Task(group, arm, seed, None, None, f"/x/{group}-{arm}-{seed}")  # type: ignore[arg-type]

@@ -111,6 +111,7 @@ def load_stored(runs: str) -> StoredGrid:
         cfg = folder.config if folder.exists else None
         # Manifests written before arms existed had "cem": true/false for the two arms of a table.
         arm = item.get("arm", "+CEM" if item.get("cem") else "")
-        task = Task(item["group"], arm, item["seed"], item["value"], cfg, folder.path)  # type: ignore[arg-type]
+        task = Task(item["group"], arm, item["seed"], item["value"], cfg, folder.path,  # type: ignore[arg-type]
+                    swept=body["kind"] == "sweep")
         results.append(RunResult.from_folder(folder, task))
     return StoredGrid(runs, body["kind"], body["grid"], body.get("command", ""), results)

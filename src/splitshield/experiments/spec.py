@@ -136,9 +136,11 @@ class Task:
     group: str  # table row label or sweep label
     arm: str  # the arm's label ("" for the row as it is)
     seed: int
-    value: Any  # the swept value (None in tables)
+    value: Any  # the swept value (None in tables; a sweep may sweep null too, hence ``swept``)
     cfg: ExperimentConfig
     run_dir: str
+    swept: bool = False  # a sweep point: the label shows its value, null included
+
 
     @property
     def row(self) -> str:
@@ -147,8 +149,17 @@ class Task:
 
     @property
     def label(self) -> str:
-        point = "" if self.value is None else f" {self.value}"
+        point = f" {shown(self.value)}" if self.swept else ""
         return f"{self.group}{point}{self.arm} s{self.seed}"
+
+
+def shown(value: Any) -> str:
+    """A swept value as the grid file spells it (YAML: null, true, false), not as Python prints it (None, True)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def load_grid(path: str, kind: type, overrides: tuple[str, ...] | list[str] = ()) -> Any:
@@ -231,7 +242,8 @@ def sweep_tasks(grid: SweepConfig) -> list[Task]:
                 for value in sweep.values:
                     cfg = experiment(grid, list(sweep.defenses) if specs is None else specs, seed,
                                      extra=(f"{sweep.key}={_yaml(value)}",))
-                    tasks.append(Task(sweep.label, arm.label, seed, value, cfg, run_dir_for(cfg, grid.runs)))
+                    tasks.append(Task(sweep.label, arm.label, seed, value, cfg, run_dir_for(cfg, grid.runs),
+                                      swept=True))
     return tasks
 
 

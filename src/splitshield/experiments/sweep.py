@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from splitshield.experiments.grid import StoredGrid
 from splitshield.experiments.results import RunResult, status
 from splitshield.experiments.sections import Section, SimpleTable
+from splitshield.experiments.spec import shown
 from splitshield.experiments.tables import Column, paired_change
 
 
@@ -102,15 +103,6 @@ def _evenly(items: list[RunResult], k: int) -> list[RunResult]:
     if len(items) <= k:
         return items
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
-
-
-def shown(value: Any) -> str:
-    """A swept value as the grid file spells it (YAML: null, true, false), not as Python prints it (None, True)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _arms(grid: dict) -> list[str]:
