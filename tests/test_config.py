@@ -141,3 +141,22 @@ def test_the_5k_grid_reuses_the_sweeps_5k_runs_and_varies_only_lambda() -> None:
     assert len({t.run_dir for t in five.values()}) == 15  # noise, +CEM, lambda 0.1, 0.2, 0.3 as given x 3 seeds
     as_given = [t.cfg.defenses[-1].params for label, t in five.items() if "as given" in label]
     assert {p["min_steps"] for p in as_given} == {0} and {p["lam"] for p in as_given} == {0.1, 0.2, 0.3}
+
+
+def test_the_half_lambda_table_shares_every_run_but_the_cem_arm_with_the_quick_table() -> None:
+    # its comment promises the quick table's rows and +noise runs, and CEM at lam 0.05 as the only change
+    from splitshield.experiments.spec import TableConfig, load_grid, table_tasks
+
+    def tasks(name: str, *overrides: str):  # noqa: ANN202
+        return {t.label: t for t in table_tasks(load_grid(os.path.join(ROOT, "configs", name), TableConfig,
+                                                          list(overrides)))}
+
+    half = tasks("quick-fmnist-table-lam005.yaml")
+    full = tasks("quick-fmnist-table.yaml", "seeds=[0,1,2]")
+    assert half.keys() == full.keys() and len(half) == 66
+    for label, task in half.items():
+        same = task.run_dir == full[label].run_dir
+        assert same != label.startswith(tuple(f"{r}+CEM" for r in ("Bottleneck", "DistCorr", "Dropout", "PATROL",
+                                                                      "ResSFL", "Noise_Nopeek", "Noise_ARL"))), label
+        if not same:
+            assert task.cfg.defenses[-1].params["lam"] == 0.05 and full[label].cfg.defenses[-1].params["lam"] == 0.1
