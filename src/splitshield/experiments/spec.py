@@ -141,7 +141,6 @@ class Task:
     run_dir: str
     swept: bool = False  # a sweep point: the label shows its value, null included
 
-
     @property
     def row(self) -> str:
         """The table row this task fills: its group and arm (``Dropout+CEM``)."""
