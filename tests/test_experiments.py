@@ -194,6 +194,86 @@ def test_sweep_point_changes_are_paired_over_seeds_and_shown_seed_by_seed() -> N
     assert point_effects(none_point, grid, "decoder", "train").rows[0][1] == "null"  # as the grid spells it
 
 
+def scored(group: str, arm: str, seed: int, acc: float, **records: tuple[float, str]) -> RunResult:
+    """A hand-built run with any attacks: ``gan_train=(0.008, "not converged")``, status "ok" for one that counts."""
+    task = Task(group, arm, seed, None, None, f"/x/{group}-{arm}-{seed}")  # type: ignore[arg-type]
+    attacks = {AttackKey(*key.split("_")): {"mse": mse, "counts": why == "ok", "status": why}
+               for key, (mse, why) in records.items()}
+    return RunResult(task.run_dir, {"test_accuracy": acc}, attacks, task=task)
+
+
+def test_worst_case_is_the_lowest_mse_among_the_attacks_that_count() -> None:
+    from splitshield.experiments.results import Worst
+
+    attacks = ("decoder", "gan", "knn")
+    r = scored("A", "", 0, 0.8, decoder_train=(0.010, "ok"), gan_train=(0.006, "not converged"),
+               knn_train=(0.020, "ok"), decoder_infer=(0.012, "ok"), gan_infer=(0.011, "ok"),
+               knn_infer=(0.009, "did not learn"))
+    # the GAN's 0.006 does not count (not converged) and kNN's 0.020 is the highest: the decoder is the worst case
+    assert r.worst_mse("train", attacks) == Worst(0.010, "decoder")
+    assert r.worst_mse("infer", attacks) == Worst(0.011, "gan")  # kNN's 0.009 did not learn
+    assert r.worst_mse("train", ("knn",)) == Worst(0.020, "knn")
+    assert r.worst_mse("train", ("gan",)) is None  # nothing counts
+    assert r.worst_mse("train", ("decoder", "rmle")) is None  # rMLE has not run: a minimum over part would flatter
+    tie = scored("A", "", 0, 0.8, decoder_train=(0.01, "ok"), gan_train=(0.01, "ok"))
+    assert tie.worst_mse("train", ("gan", "decoder")).attack == "gan"  # the first listed on a tie
+    assert RunResult("/x", error="boom").worst_mse("train", attacks) is None
+
+
+def test_table_worst_column_averages_gains_and_row_effects_use_the_per_seed_minimum() -> None:
+    ok = "ok"
+    results = [  # A: seed 0's worst is the GAN (the decoder's 0.005 did not converge), seed 1's the decoder
+        scored("A", "", 0, 0.80, decoder_train=(0.005, "not converged"), gan_train=(0.012, ok), knn_train=(0.03, ok)),
+        scored("A", "", 1, 0.82, decoder_train=(0.010, ok), gan_train=(0.011, ok), knn_train=(0.03, ok)),
+        scored("A", "+CEM", 0, 0.79, decoder_train=(0.016, ok), gan_train=(0.015, ok), knn_train=(0.04, ok)),
+        scored("A", "+CEM", 1, 0.81, decoder_train=(0.013, ok), gan_train=(0.014, ok), knn_train=(0.04, ok)),
+        scored("B", "", 0, 0.70, decoder_train=(0.020, ok), gan_train=(0.030, ok), knn_train=(0.05, "did not learn")),
+        scored("B", "+CEM", 0, 0.70, decoder_train=(0.2, "did not learn"), gan_train=(0.2, "did not learn"),
+               knn_train=(0.2, "did not learn"))]
+    columns = columns_for(["decoder", "gan", "knn"], ["train"], False)
+    assert [c.title for c in columns] == ["Acc. (%)", "Dec. MSE Train", "GAN MSE Train", "kNN MSE Train",
+                                          "Worst MSE Train"]
+    table = build_table("t", results, columns)
+    rows = {r.label: r for r in table.rows}
+    assert rows["A"].values[4] == [0.012, 0.010]  # per seed, not the decoder's uncounted 0.005 nor kNN's 0.03
+    assert table.cell(rows["A"], 4) == "0.0110 ± 0.0014 (GAN 1, Dec. 1)"
+    assert table.cell(rows["A"], 1) == "0.0100 (1 of 2 seeds)"  # per-attack cells keep their marks
+    assert table.cell(rows["A+CEM"], 4) == "0.0140 ± 0.0014 (GAN 1, Dec. 1)"  # 0.015 (GAN), 0.013 (decoder)
+    assert table.cell(rows["B"], 4) == "0.0200 (Dec.)" and table.cell(rows["B"], 3) == "did not learn"
+    assert table.cell(rows["B+CEM"], 4) == "did not learn"  # no attack counts: no worst case
+    assert rows["Average +CEM"].values[4] == [] and table.cell(rows["Average +CEM"], 4) == "incomplete"
+    assert rows["Average"].values[4] == [pytest.approx((0.011 + 0.020) / 2)]
+    # with B's +CEM arm learning at seed 0, the gain is the change of the averages of the worst column
+    results[-1] = scored("B", "+CEM", 0, 0.70, decoder_train=(0.024, ok), gan_train=(0.022, ok),
+                         knn_train=(0.05, ok))
+    table = build_table("t", results, columns)
+    rows = {r.label: r for r in table.rows}
+    assert rows["Average +CEM"].values[4] == [pytest.approx((0.014 + 0.022) / 2)]
+    assert rows["Gain +CEM vs row"].values[4] == [pytest.approx(100 * (0.018 / 0.0155 - 1))]
+    effects = per_row_effects(results, table.columns)
+    assert effects[0][:2] == ["A", "+CEM vs row"] and effects[0][-1] == "+27.3% (+25.0%, +30.0%)"
+    assert effects[1][-1] == "+10.0%"  # B: 0.020 -> 0.022
+    assert "by gan decoder" in to_csv(table)  # the CSV names the attack behind each seed's worst case
+
+
+def test_sweep_points_show_the_worst_case_over_the_attacks() -> None:
+    from dataclasses import replace
+
+    from splitshield.experiments.sweep import point_effects
+
+    def at(r: RunResult, value: float) -> RunResult:
+        r.task = replace(r.task, value=value)
+        return r
+
+    ok = "ok"
+    results = [at(scored("s", "", 0, 0.9, decoder_train=(0.010, ok), gan_train=(0.008, ok)), 0.1),
+               at(scored("s", "+CEM", 0, 0.9, decoder_train=(0.012, ok), gan_train=(0.002, "not converged")), 0.1)]
+    grid = {"sweeps": [{"label": "s", "values": [0.1]}], "arms": [{"label": ""}, {"label": "+CEM"}],
+            "attacks": ["decoder", "gan"]}
+    row = point_effects(results, grid, "worst", "train").rows[0]
+    assert row[2:6] == ["90.00", "0.0080", "90.00", "0.0120"] and row[-1] == "+0.00 pts, MSE +50.0%"
+
+
 def test_a_failed_run_is_na_in_its_cell_and_named_under_the_table() -> None:
     task = Task("A", "+CEM", 0, None, None, "/x")  # type: ignore[arg-type]
     failed = RunResult("/x", error="RuntimeError: boom", task=task)

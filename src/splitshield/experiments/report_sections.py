@@ -73,6 +73,12 @@ def _table(stored: StoredGrid) -> Section:
                   "baseline, converged on its own validation split, and the victim is above chance; other cells "
                   "say why they are empty (did not learn, not converged, victim at chance) and are left out of "
                   "every average. Averages cover the rows that have every arm (No_defense is a reference)."]
+    if any(c.worst for c in table.columns):
+        paragraphs.append("Worst MSE: per run, the lowest MSE among the attacks that count under that protocol "
+                          f"({', '.join(stored.grid['attacks'])}; in brackets the attack that scored it, with its "
+                          "number of seeds when they differ); an attack that did not learn or converge is not a "
+                          "worst case, and a run where one attack has not run yet has none. Averages, gains and the "
+                          "per-row comparisons are taken on this column as on the others.")
     missing = [r.task.label for r in stored.results if not r.ok]  # type: ignore[union-attr]
     if missing:
         paragraphs.append("Not in the cells (no stored training result): " + ", ".join(missing) + ".")

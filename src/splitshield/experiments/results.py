@@ -3,13 +3,20 @@ reports (a run folder read back gives the same object the pipeline returned)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from splitshield.config import ExperimentConfig
 from splitshield.runs import AUDIT, EFFICIENCY, TRAIN, AttackKey, RunFolder
 
 if TYPE_CHECKING:
     from splitshield.experiments.spec import Task
+
+
+class Worst(NamedTuple):
+    """The worst case over a list of attacks: the lowest MSE that counts, and the attack that scored it."""
+
+    mse: float
+    attack: str
 
 
 @dataclass
@@ -54,6 +61,19 @@ class RunResult:
         if not self.ok or record is None or not counts(record):
             return None
         return float(record["mse"])
+
+    def worst_mse(self, protocol: str, attacks: Sequence[str]) -> Optional[Worst]:
+        """The worst case for the defense over ``attacks`` under ``protocol``: the lowest MSE among those that count
+        (``mse``), and which attack scored it (the first listed on a tie). None when none counts, or when one of
+        them has no record yet: the minimum over the attacks run so far would flatter the defense. An attack that
+        ran and does not count (did not learn, not converged, victim at chance) is left out, as in every table."""
+        if not self.ok or any(self.attack(name, protocol) is None for name in attacks):
+            return None
+        scored = [(value, name) for name in attacks if (value := self.mse(name, protocol)) is not None]
+        if not scored:
+            return None
+        value, name = min(scored, key=lambda pair: pair[0])  # min keeps the first of equal values
+        return Worst(value, name)
 
 
 def counts(record: dict[str, Any]) -> bool:

@@ -2,6 +2,8 @@
 Theorem 1 bound (Fig. 3), the reconstruction figure (Fig. 5) and the efficiency table (Table 9), as report
 sections built from a sweep folder's stored results.
 
+With two or more attacks, every curve and point table is drawn for each attack and for the worst case over them
+(per run, the lowest MSE among the attacks that count: ``RunResult.worst_mse``, as the tables' worst column).
 matplotlib draws the curves (the field's plotting library; Agg backend, no display needed).
 """
 from __future__ import annotations
@@ -15,10 +17,12 @@ from splitshield.experiments.grid import StoredGrid
 from splitshield.experiments.results import RunResult, status
 from splitshield.experiments.sections import Section, SimpleTable
 from splitshield.experiments.spec import shown
-from splitshield.experiments.tables import Column, paired_change
+from splitshield.experiments.columns import ATTACK_NAMES, WORST, Column, measure_column, measures, value_of
+from splitshield.experiments.tables import paired_change
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (shared by the frontier report)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works on headless machines and in CI
@@ -27,41 +31,44 @@ def _pyplot() -> Any:
     return plt
 
 
-def _points(results: Sequence[RunResult], group: str, arm: str, attack: str, protocol: str
-            ) -> list[tuple[Any, float, float]]:
-    """(value, mean accuracy %, mean attack MSE) per swept value, over the seeds whose attack counts, in sweep
+def _points(results: Sequence[RunResult], group: str, arm: str, col: Column) -> list[tuple[Any, float, float]]:
+    """(value, mean accuracy %, mean MSE of ``col``) per swept value, over the seeds where it counts, in sweep
     order (a value where the attack did not learn is left out of the curve)."""
-    by_value: dict[str, list[RunResult]] = {}
+    by_value: dict[str, list[tuple[float, float]]] = {}
     order: list[Any] = []
     for r in results:
-        if r.task.group == group and r.task.arm == arm and r.mse(attack, protocol) is not None:
+        mse = value_of(r, col)[0] if r.task.group == group and r.task.arm == arm else None
+        if mse is not None:
             key = repr(r.task.value)
             if key not in by_value:
                 order.append(r.task.value)
-            by_value.setdefault(key, []).append(r)
-    return [(v, statistics.fmean(float(m.accuracy) for m in by_value[repr(v)]),  # type: ignore[arg-type]
-             statistics.fmean(float(m.mse(attack, protocol)) for m in by_value[repr(v)])) for v in order]  # type: ignore
+            by_value.setdefault(key, []).append((float(r.accuracy), mse))  # type: ignore[arg-type]
+    return [(v, statistics.fmean(a for a, _ in by_value[repr(v)]), statistics.fmean(m for _, m in by_value[repr(v)]))
+            for v in order]
 
 
 STYLES = ("o-", "s--", "^-.", "d:")
 
 
 def tradeoff_figure(results: Sequence[RunResult], group: str, key: str, attack: str, protocol: str, arms: list[str],
-                    out: str) -> str:
-    """Accuracy (y) against attack MSE (x), one curve per arm, points labelled by the swept value."""
-    plt = _pyplot()
+                    out: str, attacks: Sequence[str] = ()) -> str:
+    """Accuracy (y) against attack MSE (x), one curve per arm, points labelled by the swept value; ``attack``
+    WORST draws the worst case over ``attacks``."""
+    col = measure_column(attack, protocol, attacks)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
     for arm, style in zip(arms, STYLES * 4):
-        pts = _points(results, group, arm, attack, protocol)
+        pts = _points(results, group, arm, col)
         if not pts:
             continue
         ax.plot([p[2] for p in pts], [p[1] for p in pts], style, label=arm or "as given")
         for value, acc, mse in pts:
             ax.annotate(shown(value), (mse, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel(f"{attack}-attack MSE ({protocol} protocol)  \u2192 more private")
+    what = f"worst-case MSE over {', '.join(attacks)}" if attack == WORST else f"{attack}-attack MSE"
+    ax.set_xlabel(f"{what} ({protocol} protocol)  \u2192 more private")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{group} ({key})", fontsize=9)
-    return _save(plt, fig, ax, out)
+    return save_figure(plt, fig, ax, out)
 
 
 def entropy_figure(results: Sequence[RunResult], attack: str, protocol: str, arms: list[str], out: str) -> str | None:
@@ -73,7 +80,7 @@ def entropy_figure(results: Sequence[RunResult], attack: str, protocol: str, arm
            and r.mse(attack, protocol) is not None]  # type: ignore[union-attr,arg-type]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
     for arm, marker in zip(arms, "osd^v" * 4):
         sel = [p for p in pts if p[2] == arm]
@@ -87,10 +94,11 @@ def entropy_figure(results: Sequence[RunResult], attack: str, protocol: str, arm
     ax.set_yscale("log")
     ax.set_xlabel("bound on I(x; z) per input dimension (nats)")
     ax.set_ylabel(f"{attack}-attack MSE ({protocol})")
-    return _save(plt, fig, ax, out)
+    return save_figure(plt, fig, ax, out)
 
 
-def _save(plt: Any, fig: Any, ax: Any, out: str) -> str:
+def save_figure(plt: Any, fig: Any, ax: Any, out: str) -> str:
+    """Grid, legend, tight layout, written to ``out`` and closed; returns ``out``."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -117,9 +125,9 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
     """Per sweep point: accuracy and attack MSE in each arm (means over the seeds that count) and each later arm's
     change against the first, paired over the seeds that count in both and seed by seed when there are several (as
     the table's per-row comparisons, ``paired_change``): the table behind "at every cut / training size, +CEM keeps
-    accuracy and raises the MSE"."""
+    accuracy and raises the MSE". ``attack`` WORST: the worst case over the grid's attacks."""
     arms = _arms(grid)
-    accuracy, attack_col = Column("accuracy", "", ".2f"), Column(f"attack:{attack}:{protocol}", "", ".4f")
+    accuracy, attack_col = Column("accuracy", "", ".2f"), measure_column(attack, protocol, grid.get("attacks", []))
     header = ["sweep", "value"] + [f"{h} {a or 'as given'}" for a in arms for h in ("acc.", "MSE")]
     header += [f"{a} vs {arms[0] or 'as given'}" for a in arms[1:]]
     rows = []
@@ -131,9 +139,9 @@ def point_effects(results: Sequence[RunResult], grid: dict, attack: str, protoco
                            r.task.value == value and r.ok]
                 groups.append(members)
                 acc = _mean([float(r.accuracy) for r in members])  # type: ignore[arg-type]
-                got = [r.mse(attack, protocol) for r in members]
-                mse = _mean([m for m in got if m is not None])
-                why = sorted({status(r.attack(attack, protocol)) for r, m in zip(members, got) if m is None})
+                got = [value_of(r, attack_col) for r in members]
+                mse = _mean([m for m, _ in got if m is not None])
+                why = sorted({w or "missing" for m, w in got if m is None})
                 cells += ["n/a" if acc is None else f"{acc:.2f}",
                           f"{mse:.4f}" if mse is not None else (" / ".join(why) or "n/a")]
             for members in groups[1:]:
@@ -154,15 +162,19 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         "Each point is one setting (mean over seeds "
         f"{', '.join(map(str, grid['seeds']))}); x: attack MSE under the {protocol} protocol, y: test accuracy. "
         "Up and right is better. A point whose attack did not learn (no better than the mean image) is left out."])]
+    names = measures(grid["attacks"])  # each attack, then the worst case over them (two or more attacks)
+    if WORST in names:
+        sections[0].paragraphs.append(f"Worst case: per run, the lowest MSE among {', '.join(grid['attacks'])} that "
+                                      "counts there (an attack that did not learn or converge is left out).")
     for i, sweep in enumerate(grid["sweeps"]):
-        for attack in grid["attacks"]:
-            out = os.path.join(figures_dir, f"tradeoff-{i}-{attack}.png")
-            tradeoff_figure(results, sweep["label"], sweep["key"], attack, protocol, arms, out)
+        for name in names:
+            out = os.path.join(figures_dir, f"tradeoff-{i}-{name}.png")
+            tradeoff_figure(results, sweep["label"], sweep["key"], name, protocol, arms, out, grid["attacks"])
             values = ", ".join(map(shown, sweep["values"]))
-            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in [{values}] ({attack})", out))
-    for attack in grid["attacks"]:
-        table = point_effects(results, grid, attack, protocol)
-        sections[0].paragraphs.append(f"Per point, {attack} attack ({protocol} protocol): accuracy (%) and MSE in "
+            sections[0].images.append((f"{sweep['label']}: {sweep['key']} in [{values}] ({_what(name)})", out))
+    for name in names:
+        table = point_effects(results, grid, name, protocol)
+        sections[0].paragraphs.append(f"Per point, {_what(name)} ({protocol} protocol): accuracy (%) and MSE in "
                                       "each arm (means over the seeds that count), and each arm's change against "
                                       "the first over the seeds that count in both; in brackets, seed by seed in seed "
                                       "order, when several do.")
@@ -173,10 +185,12 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         rows.append([r.task.group, shown(r.task.value), r.task.arm or "-", _pct(r)]
                     + [f"{r.mse(a, protocol):.4f}" if r.mse(a, protocol) is not None else
                        status(r.attack(a, protocol)) for a in grid["attacks"]]
+                    + ([_worst_cell(r, protocol, grid["attacks"])] if WORST in names else [])
                     + [f"{audit['mi_bound_bits_per_dim']:.4f}" if audit and "mi_bound" in audit else "n/a",
                        os.path.basename(r.task.run_dir)])
     sections[0].tables.append(SimpleTable(["sweep", "value", "arm", "acc. (%)"]
                                           + [f"{a} MSE {protocol}" for a in grid["attacks"]]
+                                          + ([f"worst MSE {protocol}"] if WORST in names else [])
                                           + ["I(x;z) bits/dim <=", "run"], rows))
     attack = grid["attacks"][0]
     scatter = entropy_figure(results, attack, protocol, arms, os.path.join(figures_dir, "entropy-scatter.png"))
@@ -190,6 +204,17 @@ def sweep_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     sections.append(_reconstructions(grid, results, protocol, arms, figures_dir, reconstruction_figure))
     sections.append(efficiency_section(results))
     return sections
+
+
+def _what(name: str) -> str:
+    return "worst case over the attacks" if name == WORST else f"{name} attack"
+
+
+def _worst_cell(r: RunResult, protocol: str, attacks: Sequence[str]) -> str:
+    worst = r.worst_mse(protocol, attacks)
+    if worst is not None:
+        return f"{worst.mse:.4f} ({ATTACK_NAMES.get(worst.attack, worst.attack)})"
+    return value_of(r, measure_column(WORST, protocol, attacks))[1] or "n/a"
 
 
 def _pct(r: RunResult) -> str:

@@ -8,6 +8,10 @@ Cells are the mean over seeds with the spread (sample standard deviation) when t
 Evidence rules (docs/attacks.md): an MSE cell uses only attack results that count (the attack beat the mean-image
 baseline, converged, and the victim is above chance); a cell where none counts reads "did not learn" (or "victim
 at chance") and is left out of every average; a cell where some seeds do not count says how many do.
+
+Worst case: with two or more attacks, each protocol also gets a "Worst MSE" column, per seed the lowest MSE among
+the attacks that count there (``RunResult.worst_mse``; the attack that scored it is named in the cell), so the
+averages, gains and per-row comparisons are also taken against the strongest attacker of each run.
 """
 from __future__ import annotations
 
@@ -18,24 +22,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from splitshield.experiments.results import RunResult, status
-
-PROTOCOL_NAMES = {"train": "Train", "infer": "Infer"}
-ATTACK_NAMES = {"decoder": "Dec.", "gan": "GAN", "rmle": "rMLE", "knn": "kNN"}
-
-
-@dataclass
-class Column:
-    key: str  # "accuracy", "attack:<name>:<protocol>", "edge_params", "edge_macs"
-    title: str
-    fmt: str  # format spec of the mean
-
-    @property
-    def attack(self) -> Optional[tuple[str, str]]:
-        if not self.key.startswith("attack:"):
-            return None
-        _, name, protocol = self.key.split(":")
-        return name, protocol
+# ATTACK_NAMES, PROTOCOL_NAMES and columns_for are imported from here by the table command and reports
+from splitshield.experiments.columns import (ATTACK_NAMES, PROTOCOL_NAMES, Column, by_attack,  # noqa: F401
+                                             columns_for, value_of)
+from splitshield.experiments.results import RunResult
 
 
 @dataclass
@@ -46,6 +36,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)  # per column: why a cell has no value ("" = not run yet)
     seeds: list[int] = field(default_factory=list)  # per column: how many seeds were run
+    sources: list[list[str]] = field(default_factory=list)  # per worst column: the attack behind each value
 
 
 @dataclass
@@ -65,47 +56,25 @@ class Table:
         text = format(mean, col.fmt)
         if len(values) > 1:
             text += " ± " + format(statistics.stdev(values), col.fmt)
+        if row.sources and row.sources[i]:
+            text += f" ({by_attack(row.sources[i])})"
         if row.seeds and row.seeds[i] > len(values):
             text += f" ({len(values)} of {row.seeds[i]} seeds)"
         return text
 
 
-def columns_for(attacks: Sequence[str], protocols: Sequence[str], efficiency: bool) -> list[Column]:
-    cols = [Column("accuracy", "Acc. (%)", ".2f")]
-    for attack in attacks:
-        for protocol in protocols:
-            cols.append(Column(f"attack:{attack}:{protocol}",
-                               f"{ATTACK_NAMES.get(attack, attack)} MSE {PROTOCOL_NAMES[protocol]}", ".4f"))
-    if efficiency:
-        cols += [Column("edge_params", "Edge params", ",.0f"), Column("edge_macs", "Edge MMACs", ".2f")]
-    return cols
-
-
-def _value(result: RunResult, col: Column) -> tuple[Optional[float], str]:
-    """(value, why there is none)."""
-    if not result.ok:
-        return None, ""
-    if col.key == "accuracy":
-        return result.accuracy, ""
-    if col.key in ("edge_params", "edge_macs"):
-        eff = result.efficiency
-        return (None, "") if col.key not in eff else (float(eff[col.key]) / (1e6 if col.key == "edge_macs" else 1),
-                                                       "")
-    name, protocol = col.attack  # type: ignore[misc]
-    value = result.mse(name, protocol)
-    return value, "" if value is not None else status(result.attack(name, protocol)).replace("missing", "")
-
-
 def _row(label: str, members: list[RunResult], columns: list[Column]) -> Row:
-    values, empty, seeds = [], [], []
+    values, empty, seeds, sources = [], [], [], []
     for col in columns:
-        got = [_value(m, col) for m in members]
+        got = [value_of(m, col) for m in members]
         values.append([v for v, _ in got if v is not None])
         reasons = sorted({why for v, why in got if v is None and why})
         empty.append(" / ".join(reasons))
         seeds.append(sum(m.ok for m in members))
+        worst = [m.worst_mse(col.worst, col.attacks) for m in members] if col.worst is not None else []
+        sources.append([w.attack for w in worst if w is not None])
     notes = [f"failed or not run: {m.task.label if m.task else m.run_dir}" for m in members if not m.ok]
-    return Row(label, values, notes=notes, empty=empty, seeds=seeds)
+    return Row(label, values, notes=notes, empty=empty, seeds=seeds, sources=sources)
 
 
 def build_table(title: str, results: Sequence[RunResult], columns: list[Column]) -> Table:
@@ -163,7 +132,7 @@ def paired_change(col: Column, without: list[RunResult], with_: list[RunResult])
     did not learn, or has not run yet, in one arm leaves both), from the means over those seeds; then seed by seed
     in seed order when there are two or more: whether a mean change is a consistent one or one seed's."""
     def by_seed(members: list[RunResult]) -> dict[int, float]:
-        got = {m.task.seed: _value(m, col)[0] for m in members}  # type: ignore[union-attr]
+        got = {m.task.seed: value_of(m, col)[0] for m in members}  # type: ignore[union-attr]
         return {s: v for s, v in got.items() if v is not None}
 
     a, b = by_seed(without), by_seed(with_)
@@ -226,7 +195,9 @@ def to_csv(table: Table) -> str:
                 line += ["", "", 0, note]
             else:
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
-                line += [repr(statistics.fmean(values)), "" if math.isnan(std) else repr(std), len(values), note]
+                by = row.sources[i] if row.sources else []
+                line += [repr(statistics.fmean(values)), "" if math.isnan(std) else repr(std), len(values),
+                         "by " + " ".join(by) if by else note]
         writer.writerow(line)
     return buf.getvalue()
 
