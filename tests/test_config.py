@@ -36,11 +36,14 @@ def test_every_preset_loads_and_round_trips(path: str) -> None:
 
 @pytest.mark.parametrize("path", GRIDS)
 def test_every_grid_expands_into_valid_experiments(path: str) -> None:
-    from splitshield.experiments.spec import SweepConfig, TableConfig, load_grid, sweep_tasks, table_tasks
+    from splitshield.experiments.spec import (FrontierConfig, SweepConfig, TableConfig, load_grid, sweep_tasks,
+                                              table_tasks)
 
     with open(path, encoding="utf-8") as fh:
         sweep = "sweeps" in (yaml.safe_load(fh) or {})
     kind, expand = (SweepConfig, sweep_tasks) if sweep else (TableConfig, table_tasks)
+    if path.endswith("-frontier.yaml"):  # a sweep grid of its own type (`splitshield frontier`)
+        kind = FrontierConfig
     tasks = expand(load_grid(path, kind))
     assert tasks and all(isinstance(t.cfg, ExperimentConfig) for t in tasks)
 
@@ -160,3 +163,29 @@ def test_the_half_lambda_table_shares_every_run_but_the_cem_arm_with_the_quick_t
                                                                       "ResSFL", "Noise_Nopeek", "Noise_ARL"))), label
         if not same:
             assert task.cfg.defenses[-1].params["lam"] == 0.05 and full[label].cfg.defenses[-1].params["lam"] == 0.1
+
+
+def test_the_frontier_shares_the_quick_tables_runs_and_one_cem_run_per_pair_of_rows() -> None:
+    # its comment promises the table's run folders where a point is a table cell, DistCorr+CEM = Noise_Nopeek+CEM
+    # and ResSFL+CEM = Noise_ARL+CEM at every knob value, and docs/benchmarks.md plans 132 points in 112 runs
+    from splitshield.experiments.spec import FrontierConfig, TableConfig, load_grid, sweep_tasks, table_tasks
+
+    table = {t.run_dir: t.label for t in table_tasks(load_grid(os.path.join(ROOT, "configs", "quick-fmnist-table.yaml"),
+                                                               TableConfig, ["seeds=[0,1]"]))}
+    grid = load_grid(os.path.join(ROOT, "configs", "quick-fmnist-frontier.yaml"), FrontierConfig)
+    assert grid.seeds == [0, 1] and grid.protocols == ["train"] and grid.attacks == ["decoder", "gan", "knn"]
+    assert len(grid.sweeps) == 7 and all(len(s.values) >= 4 for s in grid.sweeps)
+    tasks = {t.label: t for t in sweep_tasks(grid)}
+    folders = {t.run_dir for t in tasks.values()}
+    assert len(tasks) == 132 and len(folders) == 112 and len(folders & set(table)) == 28
+    for label, cell in [("Gaussian noise 0.025 s0", "Bottleneck+noise s0"), ("Gaussian noise 0.025+CEM s1",
+                        "Bottleneck+CEM s1"), ("DistCorr 0.5 s0", "DistCorr s0"), ("Dropout 0.5+CEM s1", "Dropout+CEM s1"),
+                        ("PATROL 1.0 s0", "PATROL s0"), ("ResSFL 1.0+CEM s1", "ResSFL+CEM s1"),
+                        ("Noise_ARL 0.7 s0", "Noise_ARL+noise s0"), ("Noise_ARL 1.0 s1", "ResSFL+noise s1")]:
+        assert table[tasks[label].run_dir] == cell, label
+    for seed in (0, 1):
+        for value in (0.1, 0.5, 2.0, 4.0, 8.0):
+            assert tasks[f"DistCorr {value}+CEM s{seed}"].run_dir == tasks[f"Noise_Nopeek {value}+CEM s{seed}"].run_dir
+        for value in (0.1, 0.3, 0.7, 1.0, 3.0):
+            assert tasks[f"ResSFL {value}+CEM s{seed}"].run_dir == tasks[f"Noise_ARL {value}+CEM s{seed}"].run_dir
+    assert [d.params.get("alpha") for d in tasks["Noise_Nopeek 8.0 s1"].cfg.defenses] == [None, 8.0]

@@ -83,7 +83,7 @@ class StoredGrid:
     RunResult per task (the same type the pipeline returns)."""
 
     runs: str
-    kind: str  # "table", "sweep" or "run"
+    kind: str  # "table", "sweep", "frontier" or "run"
     grid: dict[str, Any]
     command: str
     results: list[RunResult]
@@ -96,7 +96,8 @@ def load_stored(runs: str) -> StoredGrid:
 
     path = os.path.join(runs, MANIFEST)
     if not os.path.isfile(path):
-        raise UserError(f"{runs} has no {MANIFEST}; pass a folder that 'splitshield table', 'sweep' or 'run' wrote")
+        raise UserError(f"{runs} has no {MANIFEST}; pass a folder that 'splitshield table', 'sweep', 'frontier' or "
+                        "'run' wrote")
     with open(path, encoding="utf-8") as fh:
         try:
             body = json.load(fh)
@@ -112,6 +113,6 @@ def load_stored(runs: str) -> StoredGrid:
         # Manifests written before arms existed had "cem": true/false for the two arms of a table.
         arm = item.get("arm", "+CEM" if item.get("cem") else "")
         task = Task(item["group"], arm, item["seed"], item["value"], cfg, folder.path,  # type: ignore[arg-type]
-                    swept=body["kind"] == "sweep")
+                    swept=body["kind"] in ("sweep", "frontier"))
         results.append(RunResult.from_folder(folder, task))
     return StoredGrid(runs, body["kind"], body["grid"], body.get("command", ""), results)

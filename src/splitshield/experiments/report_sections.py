@@ -1,5 +1,6 @@
 """The report sections of stored folders: table grids (Table 1, per-run details, reconstructions) and single runs
-(attacks, audit, efficiency, reconstructions); sweeps build theirs in experiments/sweep.py. Plain data only:
+(attacks, audit, efficiency, reconstructions); sweeps build theirs in experiments/sweep.py, frontiers in
+experiments/frontier.py. Plain data only:
 experiments/report.py renders them to HTML and Markdown."""
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ def report_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
         from splitshield.experiments.sweep import sweep_sections
 
         return [_header(stored)] + sweep_sections(stored, figures_dir)
+    if stored.kind == "frontier":
+        from splitshield.experiments.frontier import frontier_sections
+
+        return [_header(stored)] + frontier_sections(stored, figures_dir)
     if stored.kind == "run":
         return _run_sections(stored, figures_dir)
-    raise UserError(f"{stored.runs}/grid.json has kind {stored.kind!r}; valid: 'table', 'sweep', 'run'")
+    raise UserError(f"{stored.runs}/grid.json has kind {stored.kind!r}; valid: 'table', 'sweep', 'frontier', 'run'")
 
 
 def _fmt(value: Any, spec: str) -> str:

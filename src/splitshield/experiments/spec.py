@@ -1,4 +1,4 @@
-"""Typed configs of the grid commands (`table`, `sweep`) and their expansion into experiment tasks.
+"""Typed configs of the grid commands (`table`, `sweep`, `frontier`) and their expansion into experiment tasks.
 
 A grid file names a base experiment config (``base:``, relative to the grid file) plus ``set:`` overrides, and
 what to vary; ``inherit: other-grid.yaml`` starts from another grid file (merged like an experiment's ``base:``).
@@ -13,7 +13,9 @@ and row-specific ``set:`` overrides) and arms, applied to every row: an arm name
 Added components go in at their stage (an added noise before the row's objective defenses), so arms compose with
 any row, and a new plug-in needs no grid code. ``unless``: an arm that would add nothing new to a row that already
 has one of those components is that row itself (not trained twice; the table shows the row's numbers there).
-A row's ``arms`` (labels) restricts which arms it gets (No_defense: only the plain one).
+A row's ``arms`` (labels) restricts which arms it gets (No_defense: only the plain one). A sweep varies one ``key``
+over ``values`` on top of its ``defenses`` (or a ``preset:``'s, as a row); a frontier grid is a sweep grid whose
+sweeps are each one defense's strength knob, reported as accuracy-privacy fronts (experiments/frontier.py).
 
 Every task is a full, resolved ExperimentConfig; its run folder is ``resolve.run_dir_for`` under ``runs`` (default
 runs/, where `splitshield run` and `train` put theirs), so grids and single runs that contain the same experiment
@@ -108,18 +110,21 @@ class TableConfig(GridCommon):
 
 @dataclass
 class Sweep:
-    """One trade-off curve: ``key`` (a --set path) takes each of ``values`` on top of ``defenses``, in every arm
-    (``arms``: the labels of the grid's arms to draw; default all)."""
+    """One trade-off curve: ``key`` (a --set path) takes each of ``values`` on top of ``defenses`` (or those of the
+    ``preset`` file, as a table row's), in every arm (``arms``: the labels of the grid's arms to draw; default all)."""
 
     label: str
     key: str
     values: list[Any] = field(default_factory=list)
     defenses: list[ComponentSpec] = field(default_factory=list)
+    preset: Optional[str] = None  # an experiment YAML (relative to the grid file) whose defenses this sweep takes
     arms: Optional[list[str]] = None
 
     def check(self, path: str) -> None:
         if not self.values:
             raise ConfigError(f"{path}.values: give at least one value")
+        if self.preset and self.defenses:
+            raise ConfigError(f"{path}: give defenses or preset, not both")
 
 
 @dataclass
@@ -127,6 +132,29 @@ class SweepConfig(GridCommon):
     sweeps: list[Sweep] = field(default_factory=list)
     protocols: list[str] = field(default_factory=lambda: ["train"])
     figure_runs: int = 4  # reconstruction figure: this many runs of the first sweep (evenly spaced)
+
+
+@dataclass
+class FrontierConfig(SweepConfig):
+    """A sweep grid read as accuracy-privacy fronts: each sweep is one defense's strength knob, the first arm is the
+    knob alone and every later arm (+CEM) is compared with it at matched accuracy (experiments/frontier.py).
+    ``margin``: the relative MSE change that separates "dominates" / "matches" / "below" in the verdicts."""
+
+    margin: float = 0.10
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        if len(self.arms) < 2:
+            raise ConfigError(f"{path}.arms: a frontier compares later arms with the first (the knob alone); give "
+                              "at least two, e.g. [{label: ''}, {label: +CEM, add: [{name: cem}]}]")
+        if not 0 < self.margin < 1:
+            raise ConfigError(f"{path}.margin: must be in (0, 1), got {self.margin}")
+        for i, sweep in enumerate(self.sweeps):
+            if len(sweep.values) < 2:
+                raise ConfigError(f"{path}.sweeps.{i}.values: a front needs at least two knob settings")
+            if sweep.arms is not None and self.arms[0].label not in sweep.arms:
+                raise ConfigError(f"{path}.sweeps.{i}.arms: must include the first arm "
+                                  f"{self.arms[0].label!r} (the knob alone, what the others are compared with)")
 
 
 @dataclass(frozen=True)
@@ -171,12 +199,13 @@ def load_grid(path: str, kind: type, overrides: tuple[str, ...] | list[str] = ()
     if not os.path.isfile(base):
         raise ConfigError(f"grid.base: {cfg.base} not found next to {path}; name an experiment config")
     cfg.base = base
-    for i, row in enumerate(getattr(cfg, "rows", [])):
-        if row.preset:
-            preset = os.path.join(here, row.preset)
-            if not os.path.isfile(preset):
-                raise ConfigError(f"grid.rows.{i}.preset: {row.preset} not found next to {path}")
-            row.preset = preset
+    for part in ("rows", "sweeps"):
+        for i, item in enumerate(getattr(cfg, part, [])):
+            if item.preset:
+                preset = os.path.join(here, item.preset)
+                if not os.path.isfile(preset):
+                    raise ConfigError(f"grid.{part}.{i}.preset: {item.preset} not found next to {path}")
+                item.preset = preset
     cfg.out = cfg.out or os.path.join(DEFAULT_RUNS, cfg.name)
     cfg.runs = cfg.runs or DEFAULT_RUNS  # shared by default: `run`, `train` and every grid find the same folders
     return cfg
@@ -205,7 +234,7 @@ def experiment(grid: GridCommon, defenses: list[ComponentSpec], seed: int, extra
     return load_experiment(raw, list(row_set) + list(extra))
 
 
-def _row_defenses(row: Row) -> list[ComponentSpec]:
+def _row_defenses(row: Row | Sweep) -> list[ComponentSpec]:
     if not row.preset:
         return list(row.defenses)
     specs = load_composed(row.preset).get("defenses", [])
@@ -230,16 +259,18 @@ def table_tasks(grid: TableConfig) -> list[Task]:
 
 
 def sweep_tasks(grid: SweepConfig) -> list[Task]:
-    """Every sweep's values in each of its arms, for every seed."""
+    """Every sweep's values in each of its arms, for every seed (seed by seed: all points of a seed come before the
+    next seed's, so a grid stopped half way has whole fronts of the first seeds)."""
     tasks = []
     for seed in grid.seeds:
         for sweep in grid.sweeps:
+            base = _row_defenses(sweep)
             for arm in grid.arms:
                 if sweep.arms is not None and arm.label not in sweep.arms:
                     continue
-                specs = with_arm(list(sweep.defenses), arm)
+                specs = with_arm(base, arm)
                 for value in sweep.values:
-                    cfg = experiment(grid, list(sweep.defenses) if specs is None else specs, seed,
+                    cfg = experiment(grid, base if specs is None else specs, seed, preset=sweep.preset,
                                      extra=(f"{sweep.key}={_yaml(value)}",))
                     tasks.append(Task(sweep.label, arm.label, seed, value, cfg, run_dir_for(cfg, grid.runs),
                                       swept=True))

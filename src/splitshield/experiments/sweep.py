@@ -100,7 +100,10 @@ def entropy_figure(results: Sequence[RunResult], attack: str, protocol: str, arm
 def save_figure(plt: Any, fig: Any, ax: Any, out: str) -> str:
     """Grid, legend, tight layout, written to ``out`` and closed; returns ``out``."""
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # nothing counts yet (a grid still running, or attacks that did not learn): say so on the figure
+        ax.text(0.5, 0.5, "no point counts yet", transform=ax.transAxes, ha="center", va="center", color="gray")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)  # figures are not kept open: a long sweep would otherwise accumulate them
