@@ -178,10 +178,11 @@ def test_the_frontier_shares_the_quick_tables_runs_and_one_cem_run_per_pair_of_r
     tasks = {t.label: t for t in sweep_tasks(grid)}
     folders = {t.run_dir for t in tasks.values()}
     assert len(tasks) == 132 and len(folders) == 112 and len(folders & set(table)) == 28
-    for label, cell in [("Gaussian noise 0.025 s0", "Bottleneck+noise s0"), ("Gaussian noise 0.025+CEM s1",
-                        "Bottleneck+CEM s1"), ("DistCorr 0.5 s0", "DistCorr s0"), ("Dropout 0.5+CEM s1", "Dropout+CEM s1"),
-                        ("PATROL 1.0 s0", "PATROL s0"), ("ResSFL 1.0+CEM s1", "ResSFL+CEM s1"),
-                        ("Noise_ARL 0.7 s0", "Noise_ARL+noise s0"), ("Noise_ARL 1.0 s1", "ResSFL+noise s1")]:
+    for label, cell in [("Gaussian noise 0.025 s0", "Bottleneck+noise s0"),
+                        ("Gaussian noise 0.025+CEM s1", "Bottleneck+CEM s1"), ("DistCorr 0.5 s0", "DistCorr s0"),
+                        ("Dropout 0.5+CEM s1", "Dropout+CEM s1"), ("PATROL 1.0 s0", "PATROL s0"),
+                        ("ResSFL 1.0+CEM s1", "ResSFL+CEM s1"), ("Noise_ARL 0.7 s0", "Noise_ARL+noise s0"),
+                        ("Noise_ARL 1.0 s1", "ResSFL+noise s1")]:
         assert table[tasks[label].run_dir] == cell, label
     for seed in (0, 1):
         for value in (0.1, 0.5, 2.0, 4.0, 8.0):

@@ -26,7 +26,8 @@ def _frontier(args: argparse.Namespace) -> int:
         print(f"{len({t.run_dir for t in tasks})} distinct runs for {len(tasks)} points")
         return 0
     write_manifest(grid, "frontier", tasks, args.argv)
-    options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries")
+               if getattr(args, k) is not None}
     db = args.sink.path if args.sink is not None else None
     results = execute(tasks, grid, args.executor, db=db, **options)
     out = str(grid.out)

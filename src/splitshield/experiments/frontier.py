@@ -199,6 +199,47 @@ def frontier_figure(title: str, arms: Sequence[str], observed: Sequence[Sequence
     return save_figure(plt, fig, ax, out)
 
 
+def _point_rows(label: str, arm: str, observed: Sequence[Observed]) -> list[list[str]]:
+    """The points table's rows of one defense in one arm: spread over seeds, the attack behind the worst case, and
+    the seeds at which the point is on its arm's front."""
+    on, rows = fronts(observed), []
+    for o in observed:
+        seeds = sorted(o.by_seed)
+        rows.append([label, _label(arm), shown(o.value), _spread([o.by_seed[s][0] for s in seeds], ".2f"),
+                     _spread([o.by_seed[s][1] for s in seeds], ".4f"),
+                     by_attack([o.by_seed[s][2] for s in seeds]) if seeds else "n/a",
+                     f"{len(seeds)} of {o.seeds}" if o.seeds else "not run yet",
+                     ", ".join(f"s{s}" for s in seeds if o.point(s) in on[s]) or "-"])
+    return rows
+
+
+def _compare(label: str, key: str, arm: str, observed: Sequence[Observed], knob: dict[int, list[Point]],
+             margin: float) -> tuple[list[str], list[list[str]], bool]:
+    """One later arm of one defense against its knob-only fronts: (summary row, matched-accuracy rows, bar met)."""
+    ratios: list[float] = []
+    rows = []
+    for o in observed:
+        if not o.by_seed:
+            continue
+        pairs = matched(o, knob)
+        point_ratio = paired_ratio(pairs)
+        if point_ratio is not None:
+            ratios.append(point_ratio)
+        seeds = sorted(o.by_seed)
+        rows.append([label, arm, shown(o.value), _spread([o.by_seed[s][0] for s in seeds], ".2f"),
+                     _spread([o.by_seed[s][1] for s in seeds], ".4f"),
+                     f"{statistics.fmean(b for _, b in pairs.values()):.4f}" if pairs else "outside the front",
+                     _ratio(pairs, len(seeds))])
+    mine = fronts(observed)
+    spans = areas(knob, mine)
+    ratio, judged = paired_ratio(spans), verdict(ratios, margin)
+    bar = judged == "dominates" and ratio is not None and ratio >= 1 + margin
+    summary = [label, key, arm, f"{len(ratios)} of {len(rows)}", f"{min(ratios):.3f}" if ratios else "n/a",
+               judged, _spread([b for _, b in spans.values()], ".4f"), _spread([a for a, _ in spans.values()], ".4f"),
+               _ratio(spans, len(set(knob) | set(mine))), "yes" if bar else "no"]
+    return summary, rows, bar
+
+
 def frontier_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
     """The report sections of a frontier folder, one set per protocol (figures written into ``figures_dir``)."""
     grid, results = stored.grid, stored.results
@@ -212,41 +253,13 @@ def frontier_sections(stored: StoredGrid, figures_dir: str) -> list[Section]:
             label, values = sweep["label"], sweep["values"]
             mine = [a for a in arms if sweep.get("arms") is None or a in sweep["arms"]]
             observed = [observe(results, label, a, values, protocol, attacks) for a in mine]
-            knob = fronts(observed[0])
             for arm, obs in zip(mine, observed):
-                on = fronts(obs)
-                for o in obs:
-                    seeds = sorted(o.by_seed)
-                    where = [f"s{s}" for s in seeds if o.point(s) in on[s]]
-                    points.append([label, _label(arm), shown(o.value),
-                                   _spread([o.by_seed[s][0] for s in seeds], ".2f"),
-                                   _spread([o.by_seed[s][1] for s in seeds], ".4f"),
-                                   by_attack([o.by_seed[s][2] for s in seeds]) if seeds else "n/a",
-                                   f"{len(seeds)} of {o.seeds}" if o.seeds else "not run yet",
-                                   ", ".join(where) or "-"])
+                points += _point_rows(label, arm, obs)
             for arm, obs in zip(mine[1:], observed[1:]):
-                ratios = []
-                for o in obs:
-                    if not o.by_seed:
-                        continue
-                    pairs = matched(o, knob)
-                    if pairs:
-                        ratios.append(paired_ratio(pairs))  # type: ignore[arg-type]
-                    seeds = sorted(o.by_seed)
-                    matches.append([label, arm, shown(o.value), _spread([o.by_seed[s][0] for s in seeds], ".2f"),
-                                    _spread([o.by_seed[s][1] for s in seeds], ".4f"),
-                                    (f"{statistics.fmean(b for _, b in pairs.values()):.4f}" if pairs
-                                     else "outside the front"), _ratio(pairs, len(seeds))])
-                spans = areas(knob, fronts(obs))
-                ratio, judged = paired_ratio(spans), verdict(ratios, margin)
-                bar = judged == "dominates" and ratio is not None and ratio >= 1 + margin
-                if bar:
-                    met.append(f"{label}{arm}")
-                summary.append([label, sweep["key"], arm, f"{len(ratios)} of {sum(bool(o.by_seed) for o in obs)}",
-                                f"{min(ratios):.3f}" if ratios else "n/a", judged,
-                                _spread([b for _, b in spans.values()], ".4f"),
-                                _spread([a for a, _ in spans.values()], ".4f"),
-                                _ratio(spans, len(set(knob) | set(fronts(obs)))), "yes" if bar else "no"])
+                row, rows, bar = _compare(label, sweep["key"], arm, obs, fronts(observed[0]), margin)
+                summary.append(row)
+                matches += rows
+                met += [f"{label}{arm}"] if bar else []
             out = os.path.join(figures_dir, f"frontier-{i}-{protocol}.png")
             frontier_figure(f"{label} ({sweep['key']}), {protocol} protocol", mine, observed, out)
             images.append((f"{label}: {sweep['key']} in [{', '.join(map(shown, values))}], {protocol} protocol; "
