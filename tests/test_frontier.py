@@ -125,24 +125,28 @@ def test_a_cem_point_below_the_front_makes_the_verdict_below(tmp_path) -> None:
     assert summary.tables[0].rows[0][4:6] == ["0.800", "below"] and summary.tables[0].rows[0][-1] == "no"
 
 
-def write(tmp_path, body: dict) -> str:
-    path = tmp_path / "frontier.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", "runs": str(tmp_path / "runs"), "out": str(tmp_path / "out"),
+# A victim above chance and attacks that count, in seconds: the settings of tests/test_report.py's tiny grid.
+TINY = {"name": "tiny", "seed": 0,
+        "data": {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64, "augment": False},
+        "model": {"name": "vgg11_bn", "cut": 2, "width": 0.125},
+        "train": {"epochs": 3, "lr": 0.02, "schedule": "constant", "progress": False, "device": "cpu",
+                  "precision": "fp32", "memory_format": "contiguous"},
+        "defenses": [],
+        "attacks": [{"name": "decoder", "epochs": 20, "patience": 2, "min_delta": 0.05, "train_size": 64, "blocks": 1,
+                     "channels": 16, "lr": 0.003, "batch_size": 16, "score_size": 32},
+                    {"name": "knn", "train_size": 64, "score_size": 32}]}
+ARMS = [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem"}]}]
+SWEEP = {"label": "Noise", "preset": "noise.yaml", "key": "defenses.0.sigma", "values": [0.05, 0.1]}
+
+
+def write(folder, body: dict, name: str = "frontier.yaml") -> str:
+    (folder / "base.yaml").write_text(yaml.safe_dump(TINY))
+    (folder / "noise.yaml").write_text(yaml.safe_dump({"base": "base.yaml",
+                                                       "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}))
+    path = folder / name
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "runs": str(folder / "runs"), "out": str(folder / "out"),
                                     **body}))
     return str(path)
-
-
-@pytest.fixture
-def base(tiny_raw, tmp_path) -> None:
-    raw = dict(tiny_raw, attacks=[{"name": "decoder", "epochs": 1, "train_size": 48, "blocks": 1, "channels": 8,
-                                   "score_size": 24}, {"name": "knn", "train_size": 48, "score_size": 24}])
-    raw["train"] = dict(raw["train"], epochs=1, max_steps_per_epoch=2)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
-    (tmp_path / "noise.yaml").write_text(yaml.safe_dump({"base": "base.yaml",
-                                                         "defenses": [{"name": "gaussian_noise", "sigma": 0.05}]}))
-
-
-ARMS = [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem"}]}]
 
 
 @pytest.mark.parametrize("change,fragment", [
@@ -150,7 +154,7 @@ ARMS = [{"label": ""}, {"label": "+CEM", "add": [{"name": "cem"}]}]
     ({"sweeps": [{"label": "N", "key": "defenses.0.sigma", "values": [0.1], "preset": "noise.yaml"}]}, "two knob"),
     ({"sweeps": [{"label": "N", "key": "k", "values": [1, 2], "preset": "nope.yaml"}]}, "not found"),
     ({"sweeps": [{"label": "N", "key": "k", "values": [1, 2], "arms": ["+CEM"]}]}, "first arm")])
-def test_bad_frontier_grids_are_one_line_config_errors(base, tmp_path, capsys, change: dict, fragment: str) -> None:
+def test_bad_frontier_grids_are_one_line_config_errors(tmp_path, capsys, change: dict, fragment: str) -> None:
     body = {"name": "f", "arms": ARMS, "sweeps": [{"label": "N", "key": "k", "values": [1, 2]}], **change}
     with pytest.raises(ConfigError, match=fragment):
         load_grid(write(tmp_path, body), FrontierConfig)
@@ -159,22 +163,48 @@ def test_bad_frontier_grids_are_one_line_config_errors(base, tmp_path, capsys, c
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0]
 
 
-def test_frontier_command_runs_the_grid_and_reports_it(base, tmp_path, capsys) -> None:
-    path = write(tmp_path, {"name": "tiny-frontier", "seeds": [0], "attacks": ["decoder", "knn"], "audit": False,
-                            "arms": ARMS, "sweeps": [{"label": "Noise", "preset": "noise.yaml",
-                                                      "key": "defenses.0.sigma", "values": [0.05, 0.1]}]})
+@pytest.fixture(scope="module")
+def tiny_frontier(tmp_path_factory) -> tuple[str, str]:
+    """A two-setting frontier run once by `splitshield frontier` (local executor): (grid file, its printed summary)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("frontier")
+    path = write(folder, {"name": "tiny-frontier", "seeds": [0], "attacks": ["decoder", "knn"], "audit": False,
+                          "arms": ARMS, "sweeps": [SWEEP]})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["-q", "frontier", path]) == 0
+    return path, printed.getvalue()
+
+
+def test_frontier_command_runs_the_grid_and_reports_it(tiny_frontier, tmp_path) -> None:
+    path, printed = tiny_frontier
+    out = os.path.join(os.path.dirname(path), "out")
     tasks = sweep_tasks(load_grid(path, FrontierConfig))
     assert [t.label for t in tasks] == ["Noise 0.05 s0", "Noise 0.1 s0", "Noise 0.05+CEM s0", "Noise 0.1+CEM s0"]
     assert [d.name for d in tasks[2].cfg.defenses] == ["gaussian_noise", "cem"]  # the preset's noise, then CEM
-    assert main(["frontier", path, "--dry-run"]) == 0 and not os.path.exists(tmp_path / "out")
-    assert main(["frontier", path]) == 0
-    printed = capsys.readouterr().out
     assert "## Frontier, train protocol" in printed and "report.html" in printed
-    stored = load_stored(str(tmp_path / "out"))
+    stored = load_stored(out)
     assert stored.kind == "frontier" and [r.task.label for r in stored.results] == [t.label for t in tasks]
-    md = (tmp_path / "out" / "report.md").read_text()
-    assert "accuracy-privacy frontier" in md and "MSE at matched accuracy" in md
-    assert os.path.isfile(tmp_path / "out" / "figures" / "frontier-0-train.png")
+    assert all(r.worst_mse("train", ["decoder", "knn"]) is not None for r in stored.results)  # points that count
+    md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert "accuracy-privacy frontier" in md and "MSE at matched accuracy" in md and "4 of 4 runs finished" in md
+    assert os.path.isfile(os.path.join(out, "figures", "frontier-0-train.png"))
     doc = tmp_path / "docs" / "results.md"
-    assert main(["report", str(tmp_path / "out"), "--markdown", str(doc)]) == 0  # includable in docs/results.md
+    assert main(["report", out, "--markdown", str(doc)]) == 0  # includable in docs/results.md
     assert "tiny-frontier-frontier-0-train.png" in doc.read_text()
+    assert main(["frontier", path, "--dry-run"]) == 0  # lists the runs, writes nothing
+
+
+def test_the_process_executor_gives_the_local_frontier(tiny_frontier, tmp_path) -> None:
+    local = load_stored(os.path.join(os.path.dirname(tiny_frontier[0]), "out"))
+    path = write(tmp_path, {"name": "p", "seeds": [0], "attacks": ["decoder", "knn"], "audit": False, "arms": ARMS,
+                            "sweeps": [SWEEP]})
+    assert main(["-q", "frontier", path, "--executor", "process", "--workers", "2"]) == 0
+    process = load_stored(str(tmp_path / "out"))
+
+    def tables(stored: StoredGrid) -> list:  # noqa: ANN202
+        return [t.rows for s in frontier_sections(stored, str(tmp_path / "figs")) for t in s.tables]
+
+    assert tables(process) == tables(local)
