@@ -109,7 +109,7 @@ from splitshield.train import train
 
 assert "stripes" in DATASETS and "tiny_cnn" in MODELS and "scale_down" in DEFENSES and "mean_guess" in ATTACKS
 cfg = load_experiment({"data": {"name": "stripes", "batch_size": 32}, "model": {"name": "tiny_cnn"},
-                       "train": {"epochs": 2, "lr": 0.1, "schedule": "constant", "progress": False,
+                       "train": {"epochs": 3, "lr": 0.1, "schedule": "constant", "progress": False,
                                  "precision": "fp32"},
                        "defenses": [{"name": "scale_down"}], "attacks": [{"name": "mean_guess"}]})
 run = train(cfg, out=tempfile.mkdtemp() + "/run")

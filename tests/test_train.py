@@ -84,9 +84,10 @@ def test_run_directory_holds_config_metrics_and_a_weights_only_checkpoint(tiny_r
 
 
 def test_training_learns_the_synthetic_task(tiny_raw, tmp_path) -> None:
-    # 8 steps an epoch: BatchNorm running statistics need a few epochs before eval-mode accuracy follows.
+    # 8 steps an epoch: BatchNorm running statistics need a few epochs before eval-mode accuracy follows. lr 0.02:
+    # at the fixture's 0.05 (momentum 0.9) this width-0.125 net ends anywhere from 0.53 to 1.0 with the batch order.
     raw = dict(tiny_raw, data=dict(tiny_raw["data"], augment=False),
-               train=dict(tiny_raw["train"], epochs=6, max_steps_per_epoch=None, milestones=[5]))
+               train=dict(tiny_raw["train"], epochs=6, max_steps_per_epoch=None, milestones=[5], lr=0.02))
     result = train(load_config(raw), out=str(tmp_path / "learn"))
     assert result.test_accuracy > 0.85  # 4 classes: chance is 0.25
 

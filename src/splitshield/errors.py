@@ -26,3 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class UsageError(UserError, ValueError):
+    """A call of the Python API got something other than what it expects (shapes, devices, labels, data)."""

@@ -55,6 +55,11 @@ def explicit_cem_noise(defenses: list[ComponentSpec]) -> list[ComponentSpec]:
     return [*defenses[:at], noise, *defenses[at:]]
 
 
+def resolve_defenses(specs: Sequence[ComponentSpec], path: str = "defenses") -> list[ComponentSpec]:
+    """A defense list resolved as a run's is: every parameter written out, CEM's own noise made explicit."""
+    return explicit_cem_noise(_resolve_list(DEFENSES, specs, path))
+
+
 def resolve(cfg: ExperimentConfig, path: str = "config") -> ExperimentConfig:
     """``cfg`` with its dataset and model names checked and every component's parameters complete (unknown names or
     keys are one-line ConfigErrors that list the valid ones)."""
@@ -62,7 +67,7 @@ def resolve(cfg: ExperimentConfig, path: str = "config") -> ExperimentConfig:
         if name not in registry:
             raise ConfigError(f"{path}.{where}: unknown {registry.family} {name!r}; valid: "
                               f"{', '.join(registry.names())}")
-    defenses = explicit_cem_noise(_resolve_list(DEFENSES, cfg.defenses, f"{path}.defenses"))
+    defenses = resolve_defenses(cfg.defenses, f"{path}.defenses")
     return dataclasses.replace(cfg, defenses=defenses,
                                attacks=_resolve_list(ATTACKS, cfg.attacks, f"{path}.attacks"))
 

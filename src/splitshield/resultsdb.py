@@ -54,7 +54,7 @@ class ResultsDB:
 
 def code_version() -> str:
     """Package version plus the git commit when run from a checkout (identifies the code behind a number)."""
-    from splitshield import __version__
+    from splitshield._version import __version__
 
     try:
         here = os.path.dirname(os.path.abspath(__file__))

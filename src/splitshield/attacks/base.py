@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterator, Literal, Optional
 
 import torch
 from torch import nn
+from tqdm.std import tqdm  # not tqdm.auto: it calls iter() on what it wraps when built (train/loop.py)
 
 from splitshield.data import to_unit
 from splitshield.precision import Numerics, resolve_numerics
@@ -101,7 +102,7 @@ class Attack:
     registry_name: ClassVar[str] = ""
 
     def __init__(self, cfg: Any, victim: Victim, *, image_shape: tuple[int, int, int], seed: int = 0,
-                 artifacts: Optional[str] = None, save_artifacts: bool = False) -> None:
+                 artifacts: Optional[str] = None, save_artifacts: bool = False, progress: bool = False) -> None:
         self.cfg = cfg
         self.victim = victim
         self.device = torch.device(victim.device)
@@ -109,11 +110,17 @@ class Attack:
         self.seed = seed
         self.artifacts = artifacts  # path prefix of attacker weights shared between attacks (decoder), or None
         self.save_artifacts = save_artifacts  # write them there (else only read)
+        self.progress = progress  # a progress bar over the fit's epochs (a runtime choice, not part of the config)
         self.info: dict[str, Any] = {}  # attack-specific facts for the result record (epochs run, val MSE ...)
         self.numerics: Numerics = resolve_numerics(cfg.precision, cfg.memory_format, self.device)
         self._edge_cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
 
     # --- helpers for subclasses ---
+    def epoch_bar(self, epochs: int) -> Iterator[int]:
+        """``range(epochs)`` behind a progress bar when ``progress`` (a fit that stops early leaves it short)."""
+        return iter(tqdm(range(epochs), desc=self.registry_name or "attack", disable=not self.progress,
+                         leave=False))
+
     @torch.no_grad()
     def transmit(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> what leaves the device, (B, *feature_shape), defenses as deployed."""

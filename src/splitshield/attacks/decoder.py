@@ -100,7 +100,7 @@ class DecoderAttack(Attack):
         sched = LRSchedule(cfg.schedule, opt, total_steps=cfg.epochs * -(-len(x_fit) // cfg.batch_size),
                            lr_patience=cfg.lr_patience, min_delta=cfg.min_delta)
         stopper, best = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs), BestState()
-        for epoch in range(cfg.epochs):
+        for epoch in self.epoch_bar(cfg.epochs):
             t0 = time.perf_counter()
             decoder.train()
             losses = []

@@ -98,7 +98,7 @@ class GANAttack(Attack):
         stopper, best = EarlyStopping(cfg.patience, cfg.min_delta, cfg.min_epochs + 1), BestState()
         stopper.update(self.info["decoder_val_mse"])  # epoch 0: the decoder the GAN starts from
         best.keep(gen)
-        for epoch in range(cfg.epochs):
+        for epoch in self.epoch_bar(cfg.epochs):
             # Sums stay on the device (no host synchronisation per step); read once per epoch for the log.
             zero = torch.zeros((), device=self.device)
             t0, sums, step = time.perf_counter(), {"critic": zero, "adv": zero, "mse": zero}, 0

@@ -36,6 +36,7 @@ def attack_strength(argv: list[str]) -> int:
     from splitshield.data import build_data
     from splitshield.evaluation.attacking import resolve_attack_config, run_attack, victim_accuracy
     from splitshield.parallel import select_device
+    from splitshield.runs import RunFolder
     from splitshield.train.build import load_run
 
     p = OneLineParser(prog="splitshield bench attack-strength", description=__doc__.splitlines()[0])
@@ -49,7 +50,7 @@ def attack_strength(argv: list[str]) -> int:
     run = load_run(args.run_dir, select_device(args.device))
     data = build_data(run.cfg.data, run.cfg.seed, train_shuffle=False)
     decoder = resolve_attack_config(run, "decoder")
-    acc = victim_accuracy(run)
+    acc = victim_accuracy(RunFolder(args.run_dir))
     print(f"victim {args.run_dir} (test accuracy {'n/a' if acc is None else f'{acc:.4f}'}), protocol "
           f"{args.protocol}; quick decoder: "
           f"{decoder.blocks} blocks x {decoder.channels} channels ({decoder.stem} stem"

@@ -34,9 +34,8 @@ def _arm_spec(text: str) -> dict[str, Any]:
 @BENCHMARKS.register("cem-gain")
 def cem_gain(argv: list[str]) -> int:
     """Decoder-attack MSE gain and accuracy change from adding CEM, over seeds."""
-    from splitshield.evaluation.attacking import run_attack
     from splitshield.experiments.pipeline import ensure_trained, stored_attack
-    from splitshield.train.build import load_run
+    from splitshield.handle import Run
 
     p = OneLineParser(prog="splitshield bench cem-gain", description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config of the base defense (CEM entries are removed from it)")
@@ -59,9 +58,9 @@ def cem_gain(argv: list[str]) -> int:
             cfg = load_config(raw)
             out = os.path.join(args.out, f"{name.replace(',', '-').replace('=', '')}-s{seed}")
             ensure_trained(cfg, out)  # trains, resumes an interrupted run, or reuses a finished one
-            run = load_run(out)
-            record = stored_attack(run, "decoder", "train", seed, attack) or run_attack(run, "decoder", "train",
-                                                                                         attack, seed=seed)
+            run = Run(out)
+            record = stored_attack(run, "decoder", "train", seed, attack) or run.attack(
+                "decoder", "train", params=attack, seed=seed).record
             acc = float(record["victim_accuracy"])
             rows[name].append((float(record["mse"]), acc))
             print(f"seed {seed} {name:28s} test acc {acc:.4f}  decoder MSE {record['mse']:.5f}  ({out})", flush=True)

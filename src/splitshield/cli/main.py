@@ -12,7 +12,7 @@ import pkgutil
 import sys
 from typing import Optional, Sequence
 
-from splitshield import __version__
+from splitshield._version import __version__
 from splitshield.errors import OneLineParser, UserError
 
 
@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"splitshield {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import a plugin first (a .py file or a module that registers a defense, attack, model "
+                        "or dataset); repeatable, also loaded by grid workers")
     parser.add_argument("--results-db", metavar="PATH", help="results database every stored result also goes to "
                         "(default $SPLITSHIELD_RESULTS_DB or runs/results.sqlite; 'none': run folders only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -32,7 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_plugins(argv: Sequence[str]) -> None:
+    """--plugin before the parser is built: a plugin's attack or defense is then a valid choice of every command."""
+    from splitshield.plugins import add_plugins_to_env, load_plugins
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    add_plugins_to_env(pre.parse_known_args(list(argv))[0].plugin)
+    load_plugins()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        _load_plugins(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"splitshield: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by grid commands (how to reproduce)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from splitshield import __version__
+from splitshield._version import __version__
 from splitshield.deploy import wire
 from splitshield.deploy.auth import token_matches
 from splitshield.deploy.background import BackgroundServer

@@ -27,6 +27,7 @@ from splitshield.errors import UserError
 from splitshield.experiments.results import RunResult
 from splitshield.experiments.tasks import EXECUTORS, Job, Progress, run_task
 from splitshield.experiments.spec import Task
+from splitshield.plugins import load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def _init_worker(threads: int, gpus: Any) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     torch.set_num_threads(threads)
+    load_plugins()  # the user's plugins named by the driver ($SPLITSHIELD_PLUGINS): this is a fresh interpreter
 
 
 @EXECUTORS.register("process")
@@ -125,6 +127,7 @@ def _ray_run(runner: Runner, task: Task, job: Job, threads: int, env: dict[str, 
     if os.path.isdir(cwd):  # the same folder on every node when it is shared; run folders are absolute anyway
         os.chdir(cwd)
     torch.set_num_threads(threads)
+    load_plugins()
     return runner(task, job)
 
 

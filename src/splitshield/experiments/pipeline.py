@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional, Sequence
 from splitshield.config import ExperimentConfig
 from splitshield.errors import ConfigError
 from splitshield.experiments.results import RunResult
+from splitshield.handle import Run
 from splitshield.runs import AUDIT, EFFICIENCY, TRAIN, AttackKey, ResultSink, RunFolder
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ def trained(run_dir: str, epochs: int) -> bool:
 
 def ensure_trained(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSink] = None) -> bool:
     """Train ``cfg`` into ``run_dir``, resume it if interrupted, or do nothing if finished. True if it trained."""
+    return train_or_reuse(cfg, run_dir, sink)[0]
+
+
+def train_or_reuse(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSink] = None
+                   ) -> tuple[bool, ExperimentConfig]:
+    """``ensure_trained``, also returning the run's resolved config as config.yaml holds it (read at most once:
+    the pipeline hands it to its ``Run``)."""
     from splitshield.resolve import resolve
     from splitshield.runs import load_run_config
     from splitshield.train import train
@@ -54,22 +62,22 @@ def ensure_trained(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSin
             raise ConfigError(f"{run_dir} holds a run of another config (hash {stored.digest()[:8]}, wanted "
                               f"{cfg.digest()[:8]}); choose another output folder or delete it")
         if trained(run_dir, cfg.train.epochs):
-            return False
+            return False, stored
         train(cfg, resume_dir=run_dir, sink=sink)
-    else:
-        train(cfg, out=run_dir, sink=sink)
-    return True
+        return True, stored
+    train(cfg, out=run_dir, sink=sink)  # saves exactly this resolution as config.yaml
+    return True, cfg
 
 
-def stored_attack(run: Any, name: str, protocol: str, seed: int, params: Optional[dict] = None
+def stored_attack(run: "Run", name: str, protocol: str, seed: int, params: Optional[dict] = None
                   ) -> Optional[dict[str, Any]]:
     """The stored result of attack ``name`` under ``protocol`` if it was made with the same config and seed."""
     from splitshield.evaluation.attacking import resolve_attack_config
 
-    stored = RunFolder(run.run_dir).read(AttackKey(name, protocol))
+    stored = run.folder.read(AttackKey(name, protocol))
     if stored is None or stored.get("seed") != seed:
         return None
-    wanted = asdict(resolve_attack_config(run, name, params))
+    wanted = asdict(resolve_attack_config(run.loaded, name, params))
     return stored if stored.get("config") == wanted else None
 
 
@@ -113,38 +121,30 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, *, attacks: Optional[Seque
 def _pipeline(cfg: ExperimentConfig, run_dir: str, attacks: Optional[Sequence[str]], protocols: Sequence[str],
               audit: bool, attack_seed: Optional[int], device: str, sink: Optional[ResultSink]) -> RunResult:
     from splitshield import parallel
-    from splitshield.data import build_data
-    from splitshield.evaluation.attacking import run_attack
-    from splitshield.resolve import resolve
-    from splitshield.runs import load_run_config
-    from splitshield.train.build import load_run
 
     started = time.perf_counter()
     names = attack_names(cfg, attacks)
     seed = cfg.seed if attack_seed is None else attack_seed
-    computed = ["train"] if ensure_trained(cfg, run_dir, sink) else []
+    did_train, stored_cfg = train_or_reuse(cfg, run_dir, sink)
+    computed = ["train"] if did_train else []
     if not parallel.is_main():  # under torchrun: training was the ranks' shared work; rank 0 does the rest
         return RunResult(run_dir, computed=computed)
-    stored_cfg = resolve(load_run_config(run_dir))  # config.yaml, read once for every step below
-    data = build_data(stored_cfg.data, stored_cfg.seed, train_shuffle=False)  # once, shared by every step below
-    run = load_run(run_dir, device, info=data.info, cfg=stored_cfg)
-    folder = RunFolder(run_dir, sink, run.cfg)
+    # One handle for every step below: config.yaml is not read again, data and model are built once.
+    run = Run(run_dir, device=device, sink=sink, config=stored_cfg)
     for name in names:
         for protocol in protocols:
             if stored_attack(run, name, protocol, seed) is None:
-                run_attack(run, name, protocol, seed=seed, data=data, sink=sink)
+                run.attack(name, protocol, seed=seed)
                 computed.append(AttackKey(name, protocol).text)
-    stored_audit = folder.read(AUDIT) if audit else None
-    if audit and (stored_audit is None or stored_audit.get("epoch") != run.epoch):
-        from splitshield.evaluation.entropy import audit as entropy_audit
-
-        folder.write(AUDIT, entropy_audit(run, data.train))
+    stored_audit = run.result(AUDIT) if audit else None
+    if audit and (stored_audit is None or stored_audit.get("epoch") != run.loaded.epoch):
+        run.audit()
         computed.append("audit")
-    if folder.read(EFFICIENCY) is None:  # cheap (one image through flop_counter, 20 timed passes): every run has it
+    if run.result(EFFICIENCY) is None:  # cheap (one image through flop_counter, 20 timed passes): every run has it
         from splitshield.evaluation.efficiency import split_efficiency
 
-        folder.write(EFFICIENCY, split_efficiency(run.model, latency=True).to_dict())
+        run.folder.write(EFFICIENCY, split_efficiency(run.model, latency=True).to_dict())
     log.info("%s: %s", run_dir, "computed " + ", ".join(computed) if computed else "all steps reused")
-    result = RunResult.from_folder(RunFolder(run_dir, config=run.cfg))
+    result = RunResult.from_folder(run.folder)
     result.computed, result.seconds = computed, time.perf_counter() - started
     return result

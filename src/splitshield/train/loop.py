@@ -14,7 +14,9 @@ from typing import Optional
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: the asyncio class tqdm.auto resolves to calls iter() on the loader when it is built and
+# iterates it again, so every epoch drew the loader's shuffle twice (and started its workers twice).
+from tqdm.std import tqdm
 
 from splitshield.config import ExperimentConfig
 from splitshield.data import DataBundle, build_data, to_unit
