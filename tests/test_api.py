@@ -208,3 +208,12 @@ def test_the_public_names_exist_and_are_documented() -> None:
     for name in splitshield.__all__:
         obj = getattr(splitshield, name)
         assert name == "__version__" or (getattr(obj, "__doc__", None) or "").strip(), name
+
+
+def test_under_torchrun_the_defense_is_built_for_the_global_batch(monkeypatch) -> None:
+    import splitshield.api.loop as loop
+
+    monkeypatch.setattr(loop.parallel, "world_size", lambda: 2)  # as under torchrun with 2 ranks
+    loader = torch.utils.data.DataLoader(_user_data(), batch_size=16)
+    cem = splitshield.defense("cem", num_classes=4, epochs=2, loader=loader, encoder=MLPEncoder())
+    assert cem.env.batch_size == 32 and cem.env.train_size == 192  # CEM's N and B are the job's, not a rank's
