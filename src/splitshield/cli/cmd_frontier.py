@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from splitshield.cli.common import add_grid_args, finish_grid
+from splitshield.cli.common import add_grid_args, finish_grid, run_grid
 
 
 def _frontier(args: argparse.Namespace) -> int:
-    # common.run_grid knows the table and sweep kinds only; a frontier grid is a sweep grid of its own config type
-    # (spec.FrontierConfig) and kind, run by the same executors (grid.execute: local, process, ray).
     import os
 
     from splitshield.experiments.frontier import frontier_sections
-    from splitshield.experiments.grid import execute, load_stored, write_manifest
+    from splitshield.experiments.grid import load_stored
     from splitshield.experiments.report import markdown_lines
     from splitshield.experiments.sections import Section
-    from splitshield.experiments.spec import FrontierConfig, load_grid, sweep_tasks
 
-    grid = load_grid(args.grid, FrontierConfig, args.overrides)
-    tasks = sweep_tasks(grid)
-    if args.dry_run:  # nothing is written
-        for task in tasks:
-            print(f"{task.label}: {task.run_dir}")
-        print(f"{len({t.run_dir for t in tasks})} distinct runs for {len(tasks)} points")
+    ran = run_grid(args, "frontier")
+    if ran is None:
         return 0
-    write_manifest(grid, "frontier", tasks, args.argv)
-    options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries")
-               if getattr(args, k) is not None}
-    db = args.sink.path if args.sink is not None else None
-    results = execute(tasks, grid, args.executor, db=db, **options)
+    grid, results = ran
     out = str(grid.out)
     for section in frontier_sections(load_stored(out), os.path.join(out, "figures")):
         if section.title.startswith("Frontier,"):  # the verdicts per defense, one per protocol

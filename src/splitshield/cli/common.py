@@ -44,17 +44,20 @@ def add_grid_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def run_grid(args: argparse.Namespace, kind: str) -> Optional[tuple[Any, list]]:
-    """Load the grid file of ``kind`` ("table" or "sweep") and run it; with --dry-run only list its runs.
-    Returns (grid, results), or None after a dry run."""
+    """Load the grid file of ``kind`` ("table", "sweep" or "frontier") and run it; with --dry-run only list its
+    runs. Returns (grid, results), or None after a dry run."""
     from splitshield.experiments.grid import execute, write_manifest
-    from splitshield.experiments.spec import SweepConfig, TableConfig, load_grid, sweep_tasks, table_tasks
+    from splitshield.experiments.spec import (FrontierConfig, SweepConfig, TableConfig, load_grid, sweep_tasks,
+                                              table_tasks)
 
-    config_cls, expand = (TableConfig, table_tasks) if kind == "table" else (SweepConfig, sweep_tasks)
+    config_cls, expand = {"table": (TableConfig, table_tasks), "sweep": (SweepConfig, sweep_tasks),
+                          "frontier": (FrontierConfig, sweep_tasks)}[kind]
     grid = load_grid(args.grid, config_cls, args.overrides)
     tasks = expand(grid)
     if args.dry_run:  # nothing is written
         for task in tasks:
             print(f"{task.label}: {task.run_dir}")
+        print(f"{len({t.run_dir for t in tasks})} distinct runs for {len(tasks)} points")
         return None
     write_manifest(grid, kind, tasks, args.argv)
     options = {k: getattr(args, k) for k in ("address", "workers", "threads", "retries") if getattr(args, k) is not None}
