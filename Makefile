@@ -6,7 +6,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-slow demo clean
+.PHONY: setup data test test-slow demo typecheck api-docs wheel-check clean
+
+# The public API, type-checked (mypy settings in pyproject.toml [tool.mypy]; the rest of the package is followed
+# for types, not reported).
+PUBLIC_MODULES := src/splitshield/__init__.py src/splitshield/api src/splitshield/handle.py \
+                  src/splitshield/evaluation/attack_result.py
 
 setup: $(STAMP)
 
@@ -28,5 +33,16 @@ test-slow: setup data
 demo: setup data
 	$(BIN)/splitshield demo
 
+typecheck: setup
+	$(BIN)/python -m mypy $(PUBLIC_MODULES)
+
+# The API reference from the docstrings (pdoc) in build/api-docs; any pdoc warning fails it.
+api-docs: setup
+	PYTHON=$(BIN)/python bash scripts/api-docs.sh
+
+# sdist + wheel with `python -m build`, the wheel installed in a fresh venv, `splitshield --help` and example (a).
+wheel-check: setup
+	BUILD_PYTHON=$(BIN)/python bash scripts/check-wheel.sh
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build/api-docs build/mypy-cache
