@@ -72,7 +72,7 @@ print(splitshield.__version__)')
 [ "$got" = "$version" ]
 
 step "example (a): cem_in_your_loop.py, CI-sized"
-python cem_in_your_loop.py --epochs 2 --attack-epochs 2 --train-size 256 --test-size 128
+python cem_in_your_loop.py --epochs 4 --batch-size 32 --attack-epochs 2 --train-size 256 --test-size 128
 
 STEP="done"
 echo "check-wheel: OK: splitshield $version, $(basename "$sdist") and $(basename "$wheel") ($((SECONDS - start)) s)" >&2
