@@ -202,6 +202,11 @@ def test_run_handle_and_the_pipeline_reads_the_config_once(tiny_raw, tmp_path, m
     stored = run.attack_result("knn", "train")
     assert stored is not None and stored.mse == run.result("attack-knn-train")["mse"]
     assert run.transmit(torch.zeros(2, 1, 16, 16)).shape == (2, *run.model.feature_shape)
+    assert run.audit(store=False)["epoch"] == 1
+    manifest = run.export("onnx")
+    assert os.path.isfile(manifest) and run.result("export")["format"] == "onnx"
+    with pytest.raises(ConfigError, match="edge' or 'cloud"):
+        run.export("onnx", part="both")
 
 
 def test_the_public_names_exist_and_are_documented() -> None:
