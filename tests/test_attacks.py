@@ -159,6 +159,8 @@ def test_decoder_beats_the_mean_image_and_is_stored(run_dir: str) -> None:
     assert stored["psnr"] == pytest.approx(result["psnr"]) and 0 <= stored["victim_accuracy"] <= 1
     recon = torch.load(os.path.join(run_dir, "results", "attack-decoder-train.recon.pt"), weights_only=True)
     assert recon["reconstruction"].dtype == torch.uint8 and recon["reconstruction"].shape == (8, 1, 16, 16)
+    # the 8 figure images only, not the storage of every scored image they were sliced from
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in recon.values())
     # The GAN starts from this saved decoder (same protocol and seed, same architecture).
     gan = run_attack(run_dir, "gan", "train", {"epochs": 1, "blocks": 1, "channels": 32, "batch_size": 64,
                                                "critic_channels": 8}, store=False)

@@ -143,6 +143,7 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
         key = AttackKey(name, protocol)
         folder.write(key, record)
         k = min(FIGURE_IMAGES, len(recon))
-        torch.save({"indices": split.score[:k], "original": x_score[:k],
+        # clone(): a slice saved as it is takes its whole storage along (every scored image: 7.9 MB on 10k images)
+        torch.save({"indices": split.score[:k].clone(), "original": x_score[:k].clone(),
                     "reconstruction": recon[:k].mul(255).round().to(torch.uint8)}, folder.result_path(key, ".recon.pt"))
     return record
