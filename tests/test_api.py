@@ -124,7 +124,8 @@ def test_cem_on_a_user_model_with_flat_features_attack_knn_and_audit() -> None:
         for x, y in loader:
             z = cem(encoder(x))
             assert z.shape == (len(x), 16)  # flat in, flat out
-            loss = F.cross_entropy(head(z), y) + cem.penalty(x, y, head(z))
+            logits = head(z)
+            loss = F.cross_entropy(logits, y) + cem.penalty(x, y, logits)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -222,3 +223,26 @@ def test_under_torchrun_the_defense_is_built_for_the_global_batch(monkeypatch) -
     loader = torch.utils.data.DataLoader(_user_data(), batch_size=16)
     cem = splitshield.defense("cem", num_classes=4, epochs=2, loader=loader, encoder=MLPEncoder())
     assert cem.env.batch_size == 32 and cem.env.train_size == 192  # CEM's N and B are the job's, not a rank's
+
+
+def test_ressfl_in_a_user_loop_and_the_state_dict_resumes_the_schedule() -> None:
+    torch.manual_seed(0)
+    encoder, head = MLPEncoder(), nn.Linear(16, 4)
+    loader = torch.utils.data.DataLoader(_user_data(64), batch_size=32)
+    arl = splitshield.defense([{"name": "gaussian_noise", "sigma": 0.05}, {"name": "ressfl", "pretrain_epochs": 0,
+                                                                           "blocks": 1, "channels": 8}],
+                              num_classes=4, epochs=2, loader=loader, encoder=encoder)
+    before = [p.detach().clone() for p in arl.stack.members[1].attacker.parameters()]
+    for x, y in loader:
+        logits = head(arl(encoder(x)))
+        (F.cross_entropy(logits, y) + arl.penalty(x, y, logits)).backward()
+        arl.step()
+    arl.end_epoch()
+    assert "ressfl/attacker_mse" in arl.logs and "penalty/ressfl" in arl.logs
+    after = list(arl.stack.members[1].attacker.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # step() trained the simulated attacker
+    again = splitshield.defense([{"name": "gaussian_noise", "sigma": 0.05}, {"name": "ressfl", "pretrain_epochs": 0,
+                                                                             "blocks": 1, "channels": 8}],
+                                num_classes=4, epochs=2, loader=loader, encoder=encoder)
+    again.load_state_dict(arl.state_dict())
+    assert (again.epoch, again.steps) == (1, 2)

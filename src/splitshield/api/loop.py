@@ -57,6 +57,13 @@ class LoopDefense(nn.Module):
         self._checked = False
         self.stack.on_epoch_start(0)
 
+    def get_extra_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "steps": self.steps}  # in state_dict(): a resumed loop continues its schedule
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
+        self.stack.on_epoch_start(self.epoch)
+
     def extra_repr(self) -> str:
         return f"defenses={self.stack.names()}, feature_shape={self.env.feature_shape}"
 
