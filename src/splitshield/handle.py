@@ -27,7 +27,7 @@ from splitshield.data import DataBundle, build_data
 from splitshield.errors import CheckpointError, ConfigError
 from splitshield.evaluation.attack_result import AttackResult
 from splitshield.evaluation.attacking import run_attack
-from splitshield.runs import AUDIT, CONFIG_FILE, AttackKey, ResultKey, ResultSink, RunFolder
+from splitshield.runs import AUDIT, CONFIG_FILE, TRAIN, AttackKey, ResultKey, ResultSink, RunFolder
 from splitshield.train.build import LoadedRun, load_run
 from splitshield.train.checkpoint import CHECKPOINT
 
@@ -75,7 +75,7 @@ class Run:
     @property
     def trained(self) -> bool:
         """Training finished (its result is stored)."""
-        return self.folder.read("train") is not None
+        return self.folder.read(TRAIN) is not None
 
     @property
     def has_checkpoint(self) -> bool:

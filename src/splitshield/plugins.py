@@ -34,26 +34,29 @@ def load_plugins(sources: Sequence[str] = ()) -> list[ModuleType]:
     for source in named:
         key = os.path.abspath(source) if source.endswith(".py") else source
         if key not in _loaded:
+            if source.endswith(".py") and not os.path.isfile(key):
+                raise UserError(f"plugin {source}: no such file")
             try:
-                if source.endswith(".py"):
-                    if not os.path.isfile(key):
-                        raise UserError(f"plugin {source}: no such file")
-                    name = "splitshield_plugin_" + os.path.splitext(os.path.basename(key))[0]
-                    spec = importlib.util.spec_from_file_location(name, key)
-                    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-                    sys.modules[name] = module
-                    spec.loader.exec_module(module)  # type: ignore[union-attr]
-                else:
-                    module = importlib.import_module(source)
-            except UserError:
-                raise
+                _loaded[key] = _import_file(key) if source.endswith(".py") else importlib.import_module(source)
             except Exception as exc:  # a plugin's own error (syntax, a duplicate name): one line, not a trace
-                sys.modules.pop("splitshield_plugin_" + os.path.splitext(os.path.basename(key))[0], None)
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"plugin {source}: cannot import it ({type(exc).__name__}: {first})") from None
-            _loaded[key] = module
         modules.append(_loaded[key])
     return modules
+
+
+def _import_file(path: str) -> ModuleType:
+    """A plugin file as module ``splitshield_plugin_<stem>`` (registered in sys.modules only if it imports)."""
+    name = "splitshield_plugin_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module  # before exec: a plugin's own dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def add_plugins_to_env(sources: Sequence[str]) -> None:

@@ -96,9 +96,10 @@ class LoopDefense(nn.Module):
             raise UsageError(f"defense: the features are on {z_hat.device} but the defense is on "
                              f"{self._where.device}; call defense.to({str(z_hat.device)!r})")
         flat = z_hat.ndim == 2
-        pre, z = self.stack.transform_parts(self._as_map(z_hat))
+        z_map = self._as_map(z_hat)
+        pre, z = self.stack.transform_parts(z_map)
         if self.training:
-            self._step = (self._as_map(z_hat), pre, z)
+            self._step = (z_map, pre, z)
         return z.flatten(1) if flat else z
 
     def penalty(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, *, lr: float = 0.0,

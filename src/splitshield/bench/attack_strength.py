@@ -49,7 +49,7 @@ def attack_strength(argv: list[str]) -> int:
     args = p.parse_args(argv)
     run = load_run(args.run_dir, select_device(args.device))
     data = build_data(run.cfg.data, run.cfg.seed, train_shuffle=False)
-    decoder = resolve_attack_config(run, "decoder")
+    decoder = resolve_attack_config(run.cfg, "decoder")
     acc = victim_accuracy(RunFolder(args.run_dir))
     print(f"victim {args.run_dir} (test accuracy {'n/a' if acc is None else f'{acc:.4f}'}), protocol "
           f"{args.protocol}; quick decoder: "

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Subset
 from splitshield.attacks import ATTACKS
 from splitshield.attacks._protocols import ProtocolSplit, split_protocol
 from splitshield.attacks.base import Victim
+from splitshield.config import ExperimentConfig
 from splitshield.errors import ConfigError
 from splitshield.evaluation.metrics import reconstruction_metrics
 from splitshield.data import DataBundle, build_data
@@ -35,9 +36,10 @@ def dataset_images(dataset: Dataset) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])  # type: ignore[arg-type]
 
 
-def resolve_attack_config(run: LoadedRun, name: str, params: Optional[dict[str, Any]] = None) -> Any:
-    """The run's ``attacks:`` entry for ``name`` (else the attack's defaults = paper budgets) plus ``params``."""
-    base = next((dict(spec.params) for spec in run.cfg.attacks if spec.name == name), {})
+def resolve_attack_config(cfg: ExperimentConfig, name: str, params: Optional[dict[str, Any]] = None) -> Any:
+    """The run config's ``attacks:`` entry for ``name`` (else the attack's defaults = paper budgets) plus
+    ``params``. Only the config: deciding whether a stored result is reusable loads no model."""
+    base = next((dict(spec.params) for spec in cfg.attacks if spec.name == name), {})
     return ATTACKS.config_of(name, {**base, **(params or {})}, "attacks")
 
 
@@ -130,7 +132,7 @@ def run_attack(run: Union[str, LoadedRun], name: str, protocol: str, params: Opt
     """
     if isinstance(run, str):
         run = load_run(run, device or "cpu")
-    cfg = resolve_attack_config(run, name, params)
+    cfg = resolve_attack_config(run.cfg, name, params)
     data = data or build_data(run.cfg.data, run.cfg.seed)
     test = dataset_images(data.test)
     train = dataset_images(data.train) if protocol == "train" else test[:0]

@@ -77,7 +77,7 @@ def stored_attack(run: "Run", name: str, protocol: str, seed: int, params: Optio
     stored = run.folder.read(AttackKey(name, protocol))
     if stored is None or stored.get("seed") != seed:
         return None
-    wanted = asdict(resolve_attack_config(run.loaded, name, params))
+    wanted = asdict(resolve_attack_config(run.config, name, params))
     return stored if stored.get("config") == wanted else None
 
 
