@@ -209,3 +209,19 @@ def test_process_worker_start_sets_its_thread_count() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_task_with_bad_input_fails_in_one_line_and_a_crash_keeps_its_traceback(monkeypatch, caplog) -> None:
+    from splitshield.errors import DatasetNotFound
+    from splitshield.experiments import pipeline
+
+    task = fake_tasks(1)[0]
+    for exc, traceback in ((DatasetNotFound("fashion-mnist not found; install it"), False),
+                           (RuntimeError("CUDA error"), True)):
+        def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise exc
+        monkeypatch.setattr(pipeline, "run_pipeline", fail)
+        caplog.clear()
+        result = run_task(task, Job(("decoder",), ("train",), False))
+        assert not result.ok and result.error == f"{type(exc).__name__}: {exc}"
+        assert any(r.exc_info for r in caplog.records) is traceback

@@ -49,7 +49,8 @@ def run_task(task: Task, job: Job) -> RunResult:
         out = run_pipeline(task.cfg, task.run_dir, attacks=job.attacks, protocols=job.protocols, audit=job.audit,
                            device=device, sink=ResultsDB(job.db) if job.db else None)
     except (UserError, RuntimeError, ValueError, OSError) as exc:
-        log.exception("task %s failed", task.label)
+        if not isinstance(exc, UserError):  # a bug or a crash: keep the traceback; bad input: its one line suffices
+            log.exception("task %s failed", task.label)
         return RunResult(task.run_dir, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}",
                          task=task)
     out.task = task
