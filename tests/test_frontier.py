@@ -208,3 +208,17 @@ def test_the_process_executor_gives_the_local_frontier(tiny_frontier, tmp_path) 
         return [t.rows for s in frontier_sections(stored, str(tmp_path / "figs")) for t in s.tables]
 
     assert tables(process) == tables(local)
+
+
+def test_the_ray_executor_gives_the_local_frontier(tiny_frontier, tmp_path) -> None:
+    pytest.importorskip("ray")
+    local = load_stored(os.path.join(os.path.dirname(tiny_frontier[0]), "out"))
+    path = write(tmp_path, {"name": "r", "seeds": [0], "attacks": ["decoder", "knn"], "audit": False, "arms": ARMS,
+                            "sweeps": [SWEEP]})
+    assert main(["-q", "frontier", path, "--executor", "ray", "--workers", "2"]) == 0  # a local Ray instance
+    ray = load_stored(str(tmp_path / "out"))
+
+    def tables(stored: StoredGrid) -> list:  # noqa: ANN202
+        return [t.rows for s in frontier_sections(stored, str(tmp_path / "figs")) for t in s.tables]
+
+    assert ray.kind == "frontier" and tables(ray) == tables(local)
