@@ -367,3 +367,58 @@ def test_short_runs_scale_lambda_by_the_missing_steps_and_long_runs_keep_it_exac
     long, off = cem(15000), cem(15000, min_steps=0)
     assert long.weight(128, 392) == off.weight(128, 392)
     assert cem(5000).weight(128, 392) == pytest.approx(cem(5000, min_steps=0).weight(128, 392) * 1000 / 360)
+
+
+@pytest.mark.parametrize("mode", ["diagonal", "isotropic", "full"])
+def test_noise_matched_scales_lambda_by_the_fitted_variance_and_is_exactly_one_at_cems_own_sigma(mode) -> None:
+    info = Synthetic.info
+    model = build_model(load_config({"model": {"width": 0.125}}).model, info)
+    env = DefenseEnv(4, info.input_shape, model.feature_shape, 64, 2, 16, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 16, 16, generator=g), torch.arange(64) % 4
+
+    def fitted(noise_sigma: float, **params) -> CEM:  # noqa: ANN003
+        noise = DEFENSES.get("gaussian_noise")(DEFENSES.get("gaussian_noise").Config(sigma=noise_sigma), env)
+        cem = CEM(CEMConfig(covariance=mode, **params), env)
+        DefenseStack([noise, cem])
+        cem.on_epoch_start(0)
+        with torch.no_grad():
+            zh = model.edge(x)
+        cem.observe(StepContext(x=x, y=y, z_hat=zh, z=zh, logits=None, model=model, epoch=0, step=0, lr=0.05))
+        cem.on_epoch_end(0)
+        return cem
+
+    at_own, off = fitted(0.025, noise_matched=True), fitted(0.025)
+    assert at_own.weight(16, 392) == off.weight(16, 392)  # s = sigma: the factor is exactly 1
+    strong, plain = fitted(0.25, noise_matched=True), fitted(0.25)
+    # V by hand from the fit: the pi-weighted mean of the per-dimension component variances
+    cov = strong.cov.double()
+    per = {"diagonal": cov.mean(-1), "isotropic": cov, "full": torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)}[mode]
+    v = float((strong.weights.double() * per).sum() / strong.weights.double().sum())
+    expected = (v + 0.25 ** 2) / (v + 0.025 ** 2)
+    assert expected > 1.5 and strong.weight(16, 392) == pytest.approx(plain.weight(16, 392) * expected, rel=1e-9)
+    saved = {k: t.clone() for k, t in strong.state_dict().items()}
+    again = CEM(CEMConfig(covariance=mode, noise_matched=True), env)
+    DefenseStack([DEFENSES.get("gaussian_noise")(DEFENSES.get("gaussian_noise").Config(sigma=0.25), env), again])
+    again.load_state_dict(saved)  # a resumed run keeps the factor of its last fit
+    assert again.weight(16, 392) == strong.weight(16, 392)
+    saved.pop("noise_factor")  # a checkpoint from before the option existed: factor 1
+    old = CEM(CEMConfig(covariance=mode), env)
+    DefenseStack([DEFENSES.get("gaussian_noise")(DEFENSES.get("gaussian_noise").Config(sigma=0.25), env), old])
+    old.load_state_dict(saved)
+    assert old.weight(16, 392) == plain.weight(16, 392)
+
+
+def test_noise_matched_off_keeps_the_identity_of_runs_made_before_it_existed() -> None:
+    from splitshield.resolve import resolve
+
+    base = ["data.train_size=15000", "train.epochs=10"]
+    cfg = resolve(load_config("configs/quick-fmnist.yaml", base + [
+        "defenses=[{name: gaussian_noise, sigma: 0.25}, {name: cem}]"]))
+    spec = cfg.identity()["defenses"][1]
+    assert spec["name"] == "cem" and "noise_matched" not in spec and "lam" in spec
+    # the folder name of this run in evidence/ (trained before the option existed), i.e. the same experiment
+    assert cfg.digest()[:8] == "8061161f"
+    on = resolve(load_config("configs/quick-fmnist.yaml", base + [
+        "defenses=[{name: gaussian_noise, sigma: 0.25}, {name: cem, noise_matched: true}]"]))
+    assert on.identity()["defenses"][1]["noise_matched"] is True and on.digest() != cfg.digest()

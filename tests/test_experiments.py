@@ -298,6 +298,30 @@ def test_pipeline_reuses_every_finished_step_and_refuses_a_folder_of_another_con
         ensure_trained(changed, out)  # a folder never silently mixes two experiments
 
 
+def test_an_archived_run_is_reused_from_its_results_and_a_step_needing_the_model_fails_in_one_line(
+        base_yaml, tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    from splitshield.config import load_config
+    from splitshield.errors import CheckpointError
+
+    cfg = load_config(base_yaml, ["defenses=[{name: gaussian_noise, sigma: 0.05}]"])
+    runs, archive = tmp_path / "runs", tmp_path / "evidence"
+    first = run_pipeline(cfg, str(runs / "run"), audit=False)
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "archive-runs.sh")
+    subprocess.run(["bash", script, str(archive), str(runs)], check=True, capture_output=True)
+    assert not (archive / "run" / "checkpoint.pt").exists()
+    again = run_pipeline(cfg, str(archive / "run"), audit=False)  # no training, no attack: the stored records
+    assert again.computed == [] and again.attacks == first.attacks and again.train == first.train
+    with pytest.raises(CheckpointError, match="archived run.*delete the folder"):
+        run_pipeline(cfg, str(archive / "run"), protocols=["infer"], audit=False)
+    changed = load_config(base_yaml, ["defenses=[{name: gaussian_noise, sigma: 0.1}]"])
+    with pytest.raises(ConfigError, match="another config"):
+        ensure_trained(changed, str(archive / "run"))
+    shutil.rmtree(archive / "run")
+
+
 def test_pipeline_resumes_an_interrupted_training_to_the_uninterrupted_result(base_yaml, tmp_path) -> None:
     import torch
 

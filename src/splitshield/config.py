@@ -116,6 +116,11 @@ class TrainConfig:
 IDENTITY_EXCLUDED: tuple[str, ...] = ("name", "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
                                       "train.device", "train.progress", "train.cudnn_benchmark")
 
+# Component parameters added after runs with them at these values existed: (component, parameter) -> that value.
+# identity() leaves them out at that value, so the earlier runs keep their folders and results (components
+# register theirs where they define the parameter, e.g. defenses/cem.py).
+IDENTITY_DEFAULTS: dict[tuple[str, str], Any] = {}
+
 
 @dataclass
 class ExperimentConfig:
@@ -144,6 +149,11 @@ class ExperimentConfig:
             for key in parents:
                 node = node[key]
             node.pop(leaf, None)
+        for section in ("defenses", "attacks"):
+            for spec in view.get(section, []):
+                for (component, key), value in IDENTITY_DEFAULTS.items():
+                    if spec.get("name") == component and key in spec and spec[key] == value:
+                        del spec[key]
         return view
 
     def digest(self) -> str:

@@ -146,6 +146,14 @@ def class_separation(means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, d2, torch.full_like(d2, float("inf"))).min()
 
 
+def mean_variance(weights: torch.Tensor, cov: torch.Tensor, covariance: Covariance) -> float:
+    """The mixture's mean per-dimension component variance, weighted by pi: weights (C, K), cov (C, K, ...)."""
+    per = {"diagonal": lambda c: c.mean(-1), "isotropic": lambda c: c,
+           "full": lambda c: torch.diagonal(c, dim1=-2, dim2=-1).mean(-1)}[covariance](cov.double())
+    w = weights.double()
+    return float((w * per).sum() / w.sum().clamp_min(1e-12))
+
+
 def assign_batch(z: torch.Tensor, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """Nearest component of the sample's own class: (B, D), (B,), (C, K, D) -> global index y*K + a, (B,)."""
     with torch.no_grad():

@@ -53,6 +53,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from splitshield import parallel
+from splitshield.config import IDENTITY_DEFAULTS
 from splitshield.defenses import _mixture as mx
 from splitshield.defenses.base import DEFENSES, Defense, DefenseEnv, NoiseModel, StepContext
 from splitshield.errors import ConfigError
@@ -75,6 +76,10 @@ class CEMConfig:
     # > 1: full lam while inter-class means are >= this x D sigma^2 apart; 0 (default): off. At 4 it held CEM at
     # 0-10% of lam for most of training on 4 of the quick table's 7 rows (docs/cem.md, "Against collapse").
     separation: float = 0.0
+    # lam is calibrated at CEM's own sigma. True: with the stack's noise at another variance s^2, lam is scaled by
+    # (V + s^2) / (V + sigma^2), V the fitted components' mean variance, so the pull of Eq. 7 on their
+    # log-variances is what it is at sigma (its gradient falls as 1 / (V + s^2)); exactly 1 at s = sigma.
+    noise_matched: bool = False
     add_noise: bool = True  # add N(0, sigma^2) on the device when the rest of the stack adds no noise
     sigma: float = 0.025  # that noise (the paper's default std); Sigma_p = sigma^2 I
     variant: Literal["paper", "official"] = "paper"
@@ -117,6 +122,9 @@ class CEMConfig:
         return self.covariance or ("isotropic" if self.variant == "official" else "diagonal")
 
 
+IDENTITY_DEFAULTS[("cem", "noise_matched")] = False  # runs from before the option keep their identity
+
+
 @DEFENSES.register("cem")
 class CEM(Defense):
     Config = CEMConfig
@@ -128,8 +136,10 @@ class CEM(Defense):
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))  # number of epoch fits so far
         self.register_buffer("steps_active", torch.zeros((), dtype=torch.long))  # steps with the term on (warm-up)
         self.register_buffer("guard", torch.ones((), dtype=torch.float64))  # separation factor of the last fit
+        self.register_buffer("noise_factor", torch.ones((), dtype=torch.float64))  # noise_matched's, of the last fit
         self._ready = False  # host mirror of fits > 0: no device sync per batch
         self._guard = 1.0  # host mirror of guard
+        self._noise_factor = 1.0  # host mirror of noise_factor
         self._active = 0  # host mirror of steps_active
         self._length = self.length_factor()  # fixed by the run's length (env is frozen): once, not per step
         self._feats: Optional[torch.Tensor] = None  # (N, D) capture buffer; not checkpointed (refilled each epoch)
@@ -198,6 +208,8 @@ class CEM(Defense):
         self._ready = True
         self.guard.fill_(self._separation_factor(fit.means, fit.counts, feats.shape[1]))
         self._guard = float(self.guard)
+        self.noise_factor.fill_(self._matched_factor(fit.weights, fit.cov))
+        self._noise_factor = float(self.noise_factor)
         log.debug("cem: fitted %d x %d components on %d features after epoch %d (guard %.3f)",
                   self.env.num_classes, self.cfg.k, feats.shape[0], epoch + 1, self._guard)
 
@@ -208,17 +220,25 @@ class CEM(Defense):
         ratio = float(mx.class_separation(means, counts)) / (dim * self.sigma2())
         return min(1.0, max(0.0, (ratio - 1.0) / (self.cfg.separation - 1.0)))
 
+    def _matched_factor(self, weights: torch.Tensor, cov: torch.Tensor) -> float:
+        """``noise_matched``: (V + s^2) / (V + sigma^2) for the fit's mean component variance V; else 1."""
+        if not self.cfg.noise_matched:
+            return 1.0
+        v = mx.mean_variance(weights, cov, self.cfg.mode)
+        return (v + self.sigma2()) / (v + self.cfg.sigma ** 2)
+
     # --- the per-batch term ---
     def weight(self, batch: int, dim: int) -> float:
         """The factor on this step's L_C: lam, its scale (feature_dim: N / (B D); input_dim: N / (B d)), the
-        warm-up ramp and the separation guard. Host arithmetic only (no device synchronisation)."""
+        warm-up ramp, the separation guard and noise_matched's factor. Host arithmetic only (no device
+        synchronisation)."""
         cfg = self.cfg
         unit = {"literal": 1.0, "feature_dim": self.env.epoch_size / (batch * dim),
                 "input_dim": self.env.epoch_size / (batch * math.prod(self.env.input_shape))}[cfg.scale]
         steps_per_epoch = -(-self.env.epoch_size // self.env.batch_size)
         ramp = 1.0 if cfg.warmup_epochs == 0 else min(1.0, (self._active + 1) / (cfg.warmup_epochs *
                                                                                  steps_per_epoch))
-        return cfg.lam * unit * ramp * self._guard * self._length
+        return cfg.lam * unit * ramp * self._guard * self._length * self._noise_factor
 
     def length_factor(self) -> float:
         """``min_steps``: 1 from min_steps steps with the term on, else min(max_boost, min_steps / steps)."""
@@ -261,10 +281,13 @@ class CEM(Defense):
     # --- checkpoints: the mixture buffers take the shapes stored in the checkpoint ---
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         device = self.fits.device
+        # Checkpoints from before noise_matched existed have no noise_factor: theirs was 1.
+        state_dict.setdefault(prefix + "noise_factor", torch.ones((), dtype=torch.float64))
         for name in _STATE:
             if prefix + name in state_dict:
                 self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._ready = bool(self.fits.item() > 0)
         self._guard = float(self.guard)
+        self._noise_factor = float(self.noise_factor)
         self._active = int(self.steps_active)

@@ -56,7 +56,10 @@ def train_or_reuse(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSin
     from splitshield.train.checkpoint import CHECKPOINT
 
     cfg = resolve(cfg)
-    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+    has_checkpoint = os.path.exists(os.path.join(run_dir, CHECKPOINT))
+    # A finished run without its checkpoint is an archived one (scripts/archive-runs.sh keeps results, not
+    # weights): its stored results are reused; a step that needs the model fails in one line (Run.loaded).
+    if has_checkpoint or trained(run_dir, cfg.train.epochs):
         stored = resolve(load_run_config(run_dir))
         if stored.digest() != cfg.digest():
             raise ConfigError(f"{run_dir} holds a run of another config (hash {stored.digest()[:8]}, wanted "
