@@ -29,6 +29,11 @@ Training length (``min_steps``, ``max_boost``): the gain follows lam x the steps
 fewer than ``min_steps`` of them (1,000: 10 epochs on 5k images have 360) scales lam by min(max_boost, min_steps /
 steps); longer runs, the quick table's included, use lam as given (docs/cem.md).
 
+Noise level (``noise_matched``, off by default): Eq. 7's gradient on a component's variance V is 1 / (2 (V + s^2)),
+so at a stack noise s above CEM's own sigma a given lam pulls less. With it on, lam is scaled by (V + s^2) /
+(V + sigma^2) (V the last fit's mean component variance), which gives the pull it has at sigma; exactly 1 at s =
+sigma (the measured effect: docs/cem.md, "Against its own knob").
+
 Against collapse (both change the path, not the objective): ``warmup_epochs`` ramps lambda linearly from 0 once the
 term starts; ``separation`` scales it down when the closest components of different classes come within
 ``separation`` x Tr(Sigma_p) = D sigma^2 of each other (squared distance), the paper's Sec. 3.4 condition for noise
