@@ -285,7 +285,8 @@ def test_official_variant_trains_and_resume_restores_the_mixture_exactly(tiny_ra
 @pytest.mark.parametrize("params,needle", [({"sigma": 0}, "sigma"), ({"lam": -1}, "lam"),
                                            ({"variant": "official", "covariance": "full"}, "covariance"),
                                            ({"covariance": "spherical"}, "valid"), ({"min_steps": -1}, "min_steps"),
-                                           ({"max_boost": 0.5}, "max_boost")])
+                                           ({"max_boost": 0.5}, "max_boost"),
+                                           ({"variant": "official", "noise_matched": True}, "noise_matched")])
 def test_bad_cem_settings_are_one_line_config_errors(tiny_raw, params, needle) -> None:
     with pytest.raises(ConfigError, match=needle) as info:
         load_experiment(dict(tiny_raw, defenses=[{"name": "cem", **params}]))

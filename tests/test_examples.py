@@ -80,3 +80,31 @@ def test_examples_a_and_b_on_fashion_mnist(tmp_path) -> None:
     leak = measure_leakage.main(sizes + ["--epochs", "2", "--attack-epochs", "10", "--out",
                                          str(tmp_path / "leak.png")])
     assert leak["results"][0].learned and os.path.getsize(leak["figure"]) > 0
+
+
+def test_feature_spread_script_splits_the_variance_as_numpy_does(tiny_raw, tmp_path, capsys) -> None:
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from splitshield.config import load_config
+    from splitshield.train import train
+
+    out = str(tmp_path / "run")
+    train(load_config(dict(tiny_raw, defenses=[{"name": "gaussian_noise", "sigma": 0.05}])), out=out)
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "feature-spread.py")
+    spec = importlib.util.spec_from_file_location("feature_spread", path)
+    script = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    got = script.spread(out, 40)
+    run = splitshield.Run.open(out)
+    n = min(40, len(run.data.test))
+    x = torch.stack([run.data.test[i][0] for i in range(n)])
+    y = np.array([int(run.data.test[i][1]) for i in range(n)])
+    with torch.no_grad():
+        z = run.model.edge(x).flatten(1).double().numpy()
+    within = sum((y == c).sum() * z[y == c].var(0).mean() for c in np.unique(y)) / n  # np.var: population variance
+    assert got["variance"] == pytest.approx(z.var(0).mean(), rel=1e-9)
+    assert got["within"] == pytest.approx(within, rel=1e-9) and 0 < got["within"] < got["variance"]
+    assert got["between"] == pytest.approx(z.var(0).mean() - within, rel=1e-9)

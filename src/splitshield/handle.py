@@ -113,7 +113,7 @@ class Run:
     def loaded(self) -> LoadedRun:
         """Model and defenses from the last checkpoint, in eval mode on ``device``."""
         if not self.has_checkpoint:
-            if self.folder.read(TRAIN) is not None:  # finished, then archived (scripts/archive-runs.sh)
+            if self.trained:  # finished, then archived (scripts/archive-runs.sh)
                 raise CheckpointError(f"{self.path} is an archived run (its results, no {CHECKPOINT}): its stored "
                                       "results are reused, but a new attack or audit needs the model; delete the "
                                       "folder to train it again")

@@ -115,6 +115,9 @@ class CEMConfig:
         if self.variant == "official" and self.covariance not in (None, "isotropic"):
             raise ConfigError(f"{path}.covariance: the official variant uses one scalar variance per cluster; "
                               f"leave covariance unset or use variant: paper for {self.covariance!r}")
+        if self.variant == "official" and self.noise_matched:
+            raise ConfigError(f"{path}.noise_matched: applies to the paper variant's lam only (the official one "
+                              "scales its own by the learning rate); drop it or use variant: paper")
         if self.gamma <= 0 or self.tau <= 0:
             raise ConfigError(f"{path}: gamma and tau must be > 0")
 

@@ -56,15 +56,15 @@ def train_or_reuse(cfg: ExperimentConfig, run_dir: str, sink: Optional[ResultSin
     from splitshield.train.checkpoint import CHECKPOINT
 
     cfg = resolve(cfg)
-    has_checkpoint = os.path.exists(os.path.join(run_dir, CHECKPOINT))
+    finished = trained(run_dir, cfg.train.epochs)
     # A finished run without its checkpoint is an archived one (scripts/archive-runs.sh keeps results, not
     # weights): its stored results are reused; a step that needs the model fails in one line (Run.loaded).
-    if has_checkpoint or trained(run_dir, cfg.train.epochs):
+    if finished or os.path.exists(os.path.join(run_dir, CHECKPOINT)):
         stored = resolve(load_run_config(run_dir))
         if stored.digest() != cfg.digest():
             raise ConfigError(f"{run_dir} holds a run of another config (hash {stored.digest()[:8]}, wanted "
                               f"{cfg.digest()[:8]}); choose another output folder or delete it")
-        if trained(run_dir, cfg.train.epochs):
+        if finished:
             return False, stored
         train(cfg, resume_dir=run_dir, sink=sink)
         return True, stored
